@@ -1,0 +1,134 @@
+"""The boundary: an engine's inspect answer becomes a `Container`, once, here.
+
+Everything after this module reads `Container` fields and never the engine's JSON, so an
+engine quirk (Podman's empty host networks, a missing `Health`) is absorbed in one place.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from lbsync.model import Container, NetworkAttachment, PublishedPort
+
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+class ContainerParseError(ValueError):
+    """An inspect answer lacks what every container has (Id, Name, State)."""
+
+
+def parse_created(text: str) -> int:
+    """RFC 3339 with up to nanosecond precision -> nanoseconds since the epoch (0 if unreadable)."""
+    if not text:
+        return 0
+    nanos = 0
+    match = _FRACTION.search(text)
+    if match:
+        digits = match.group(1)
+        nanos = int(digits[:9].ljust(9, "0"))
+        text = text[: match.start()] + text[match.end() :]
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        seconds = int(datetime.fromisoformat(text).timestamp())
+    except ValueError:
+        return 0
+    return seconds * 1_000_000_000 + nanos
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _port_number(spec: str) -> int | None:
+    """`80/tcp` -> 80; UDP/SCTP ports and garbage -> None (we only proxy TCP)."""
+    number, _, proto = spec.partition("/")
+    if proto not in ("", "tcp") or not number.isdigit():
+        return None
+    port = int(number)
+    return port if 0 < port < 65536 else None
+
+
+def _health(state: dict[str, Any], config: dict[str, Any]) -> str:
+    health = _dict(state.get("Health"))
+    status = health.get("Status")
+    test = _dict(config.get("Healthcheck")).get("Test")
+    if isinstance(test, list) and test[:1] == ["NONE"]:
+        return "none"
+    if status in ("healthy", "unhealthy", "starting"):
+        return str(status)
+    return "none"
+
+
+def container_from_inspect(data: Mapping[str, Any]) -> Container:
+    """Parse `GET /containers/{id}/json` into the narrow type the rest of lbsync uses."""
+    container_id = data.get("Id")
+    if not isinstance(container_id, str) or not container_id:
+        raise ContainerParseError("inspect answer has no Id")
+    config = _dict(data.get("Config"))
+    state = _dict(data.get("State"))
+    host_config = _dict(data.get("HostConfig"))
+    settings = _dict(data.get("NetworkSettings"))
+
+    labels = {str(k): str(v) for k, v in _dict(config.get("Labels")).items()}
+    env: dict[str, str] = {}
+    for entry in config.get("Env") or ():
+        if isinstance(entry, str):
+            key, _, value = entry.partition("=")
+            env[key] = value
+
+    exposed: set[int] = set()
+    for spec in _dict(config.get("ExposedPorts")):
+        port = _port_number(spec)
+        if port is not None:
+            exposed.add(port)
+    published: list[PublishedPort] = []
+    for spec, bindings in _dict(settings.get("Ports")).items():
+        port = _port_number(spec)
+        if port is None:
+            continue
+        exposed.add(port)
+        for binding in bindings or ():
+            host_port = str(_dict(binding).get("HostPort") or "")
+            if host_port.isdigit():
+                published.append(
+                    PublishedPort(port, str(_dict(binding).get("HostIp") or ""), int(host_port))
+                )
+
+    networks = tuple(
+        sorted(
+            (
+                NetworkAttachment(
+                    name=str(name),
+                    network_id=str(_dict(net).get("NetworkID") or ""),
+                    ip=str(_dict(net).get("IPAddress") or ""),
+                )
+                for name, net in _dict(settings.get("Networks")).items()
+            ),
+            key=lambda n: n.name,
+        )
+    )
+    status = state.get("Status")
+    if not isinstance(status, str):
+        status = "running" if state.get("Running") else "exited"
+    if state.get("Paused"):
+        status = "paused"
+
+    return Container(
+        id=container_id,
+        name=str(data.get("Name") or container_id[:12]).lstrip("/"),
+        created_ns=parse_created(str(data.get("Created") or "")),
+        labels=MappingProxyType(labels),
+        env=MappingProxyType(env),
+        state=status,
+        health=_health(state, config),
+        network_mode=str(host_config.get("NetworkMode") or "default"),
+        networks=networks,
+        exposed_ports=tuple(sorted(exposed)),
+        published_ports=tuple(sorted(published, key=lambda p: (p.container_port, p.host_port))),
+        stop_signal=str(config.get("StopSignal") or "SIGTERM"),
+    )

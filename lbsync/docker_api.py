@@ -1,0 +1,549 @@
+"""A small asyncio client for the Docker Engine API: just what lbsync needs, on aiohttp.
+
+Every HTTP status and connection failure becomes a typed `DockerError` whose message tells
+a person what to do; the events stream never ends silently unless `until` was asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import ssl
+import struct
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any, Final
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+
+#: The newest API version this client was written against; the engine may speak newer.
+MAX_API_VERSION: Final = (1, 47)
+#: The oldest version lbsync accepts (Docker 19.03). Docker 29+ refuses below 1.44.
+MIN_API_VERSION: Final = (1, 40)
+DEFAULT_UNIX_SOCKET: Final = "/var/run/docker.sock"
+DEFAULT_TIMEOUT: Final = 30.0
+# A request timeout meaning "the client's own"; None means none at all (streams).
+_CLIENT_TIMEOUT: Final = -1.0
+
+
+def format_version(version: tuple[int, int]) -> str:
+    return f"{version[0]}.{version[1]}"
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    major, _, minor = text.strip().partition(".")
+    return int(major), int(minor)
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+class DockerError(Exception):
+    """Anything that went wrong talking to the engine."""
+
+
+class EngineUnreachable(DockerError):
+    """No connection could be made, or it was lost before an answer."""
+
+
+class PermissionDenied(DockerError):
+    """The socket exists but this user may not open it."""
+
+
+class ApiVersionTooOld(DockerError):
+    """The engine speaks only API versions older than lbsync supports."""
+
+
+class StreamError(DockerError):
+    """The events stream broke: cut mid-line, not JSON, or closed by the engine."""
+
+
+class ApiError(DockerError):
+    """The engine answered with an error status."""
+
+    def __init__(self, status: int, message: str, *, method: str, path: str) -> None:
+        self.status = status
+        self.engine_message = message
+        self.method = method
+        self.path = path
+        super().__init__(f"{method} {path}: engine answered {status}: {message}")
+
+
+class BadRequest(ApiError):
+    """400: the engine did not accept the request's parameters."""
+
+
+class NotFound(ApiError):
+    """404: no such container, exec or network (often: it was removed meanwhile)."""
+
+
+class Conflict(ApiError):
+    """409: the object is in a state that forbids this (e.g. kill of a stopped container)."""
+
+
+class ServerError(ApiError):
+    """5xx: the engine failed; retry later, and see the engine's log."""
+
+
+def _api_error(status: int, message: str, method: str, path: str) -> ApiError:
+    cls: type[ApiError]
+    if status == 400:
+        cls = BadRequest
+    elif status == 404:
+        cls = NotFound
+    elif status == 409:
+        cls = Conflict
+    elif status >= 500:
+        cls = ServerError
+    else:
+        cls = ApiError
+    return cls(status, message, method=method, path=path)
+
+
+# --- endpoint ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where the engine is and how to reach it."""
+
+    url: str  # as configured, for messages: unix:///var/run/docker.sock, tcp://h:2376
+    base_url: str  # what aiohttp requests go to
+    unix_path: str | None = None
+    ssl_context: ssl.SSLContext | None = None
+
+    @property
+    def is_unix(self) -> bool:
+        return self.unix_path is not None
+
+
+def resolve_endpoint(
+    host: str | None,
+    environ: Mapping[str, str],
+    *,
+    tls_ca: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> Endpoint:
+    """The engine endpoint as the docker CLI would pick it.
+
+    `host` (from the config file) wins over `DOCKER_HOST`; TLS is on for `https://`, for a
+    configured client certificate, or when `DOCKER_TLS_VERIFY` is set, with certificates
+    from `DOCKER_CERT_PATH` (default `~/.docker`) unless the config names them.
+    """
+    url = host or environ.get("DOCKER_HOST") or f"unix://{DEFAULT_UNIX_SOCKET}"
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        path = parts.path or DEFAULT_UNIX_SOCKET
+        return Endpoint(url=url, base_url="http://docker", unix_path=path)
+    if parts.scheme not in ("tcp", "http", "https"):
+        raise DockerError(
+            f"docker host {url!r}: unsupported scheme {parts.scheme!r}; "
+            "use unix:///path, tcp://host:port or https://host:port"
+        )
+    if not parts.hostname:
+        raise DockerError(f"docker host {url!r}: no host name in it")
+    verify_env = environ.get("DOCKER_TLS_VERIFY", "") not in ("", "0")
+    use_tls = parts.scheme == "https" or tls_cert is not None or verify_env
+    default_port = 2376 if use_tls else 2375
+    netloc = f"{parts.hostname}:{parts.port or default_port}"
+    if ":" in parts.hostname:  # IPv6 literal
+        netloc = f"[{parts.hostname}]:{parts.port or default_port}"
+    if not use_tls:
+        return Endpoint(url=url, base_url=f"http://{netloc}")
+    cert_dir = Path(environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
+    ca = tls_ca or (cert_dir / "ca.pem")
+    cert = tls_cert or (cert_dir / "cert.pem")
+    key = tls_key or (cert_dir / "key.pem")
+    try:
+        context = ssl.create_default_context(cafile=str(ca) if ca.exists() else None)
+        if cert.exists() and key.exists():
+            context.load_cert_chain(str(cert), str(key))
+        elif tls_cert is not None:
+            raise DockerError(f"TLS client certificate {cert} or key {key} does not exist")
+    except (OSError, ssl.SSLError) as exc:
+        raise DockerError(f"cannot load TLS certificates for {url}: {exc}") from exc
+    if not verify_env and parts.scheme != "https" and tls_ca is None:
+        # Like the CLI's --tls without --tlsverify: encrypted, server not verified.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return Endpoint(url=url, base_url=f"https://{netloc}", ssl_context=context)
+
+
+# --- results ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PingInfo:
+    api_version: tuple[int, int]
+    os_type: str
+    is_podman: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One engine event, as lbsync reads it."""
+
+    type: str  # container, network, image, service, ...
+    action: str  # start, die, health_status: healthy, kill, connect, ...
+    actor_id: str
+    attributes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    time_nano: int = 0
+    raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def base_action(self) -> str:
+        """The action without its detail: `health_status: healthy` -> `health_status`."""
+        return self.action.split(":", 1)[0].strip()
+
+    @classmethod
+    def from_json(cls, data: Any) -> Event:
+        if not isinstance(data, dict):
+            raise ValueError(f"event is not a JSON object: {data!r:.200}")
+        actor = data.get("Actor") or {}
+        if not isinstance(actor, dict):
+            actor = {}
+        attributes = actor.get("Attributes") or {}
+        if not isinstance(attributes, dict):
+            attributes = {}
+        actor_id = actor.get("ID") or data.get("id") or ""
+        time_nano = data.get("timeNano")
+        if not isinstance(time_nano, int):
+            seconds = data.get("time")
+            time_nano = int(seconds) * 1_000_000_000 if isinstance(seconds, int) else 0
+        return cls(
+            type=str(data.get("Type") or ""),
+            action=str(data.get("Action") or data.get("status") or ""),
+            actor_id=str(actor_id),
+            attributes=MappingProxyType({str(k): str(v) for k, v in attributes.items()}),
+            time_nano=time_nano,
+            raw=MappingProxyType(data),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def output(self) -> str:
+        """stdout and stderr as text, for logs and error messages."""
+        return (self.stdout + self.stderr).decode("utf-8", "replace").strip()
+
+
+def demultiplex(data: bytes) -> tuple[bytes, bytes]:
+    """Split Docker's multiplexed stream (8-byte frame headers) into stdout and stderr."""
+    stdout = bytearray()
+    stderr = bytearray()
+    offset = 0
+    while offset + 8 <= len(data):
+        stream, size = struct.unpack_from(">BxxxL", data, offset)
+        offset += 8
+        chunk = data[offset : offset + size]
+        offset += size
+        (stderr if stream == 2 else stdout).extend(chunk)
+    if offset < len(data):
+        raise DockerError(f"exec output ends inside a frame ({len(data) - offset} stray bytes)")
+    return bytes(stdout), bytes(stderr)
+
+
+# --- client -----------------------------------------------------------------------------
+
+
+class DockerClient:
+    """One engine connection pool. Call `connect()` (or use `async with`) before any call."""
+
+    def __init__(self, endpoint: Endpoint, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.endpoint = endpoint
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._version: tuple[int, int] | None = None
+        self.ping_info: PingInfo | None = None
+
+    @classmethod
+    def from_env(
+        cls, host: str | None = None, environ: Mapping[str, str] | None = None
+    ) -> DockerClient:
+        return cls(resolve_endpoint(host, os.environ if environ is None else environ))
+
+    async def __aenter__(self) -> DockerClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def api_version(self) -> tuple[int, int]:
+        if self._version is None:
+            raise DockerError("not connected: call connect() first")
+        return self._version
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        connector: aiohttp.BaseConnector
+        if self.endpoint.unix_path is not None:
+            connector = aiohttp.UnixConnector(path=self.endpoint.unix_path)
+        else:
+            connector = aiohttp.TCPConnector(ssl=self.endpoint.ssl_context or False)
+        return aiohttp.ClientSession(
+            base_url=self.endpoint.base_url,
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, connect=10.0),
+        )
+
+    def _session_or_new(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = self._new_session()
+        return self._session
+
+    async def connect(self) -> PingInfo:
+        """Ping the engine and settle on the newest API version both sides speak."""
+        info = await self.ping()
+        if info.api_version < MIN_API_VERSION:
+            raise ApiVersionTooOld(
+                f"the engine at {self.endpoint.url} speaks Docker API "
+                f"{format_version(info.api_version)}; lbsync needs "
+                f"{format_version(MIN_API_VERSION)} or newer (Docker 19.03+, Podman 3+): "
+                "upgrade the engine"
+            )
+        self._version = min(info.api_version, MAX_API_VERSION)
+        self.ping_info = info
+        return info
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- plumbing --
+
+    def _unreachable(self, exc: BaseException) -> DockerError:
+        os_error = getattr(exc, "os_error", None)
+        if isinstance(os_error, PermissionError) or (
+            isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM)
+        ):
+            where = self.endpoint.unix_path or self.endpoint.url
+            return PermissionDenied(
+                f"permission denied on the Docker socket {where}: run lbsync as root or as a "
+                "user in the socket's group (`ls -ln` shows it; in a container use "
+                "`--group-add <gid>`), or point docker.host at a socket proxy"
+            )
+        reason = str(os_error or exc) or type(exc).__name__
+        return EngineUnreachable(
+            f"cannot reach the Docker engine at {self.endpoint.url} ({reason}): "
+            "is dockerd running? Set docker.host in the config or DOCKER_HOST"
+        )
+
+    def _path(self, path: str) -> str:
+        return f"/v{format_version(self.api_version)}{path}"
+
+    @contextlib.asynccontextmanager
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        timeout: float | None = _CLIENT_TIMEOUT,
+        versioned: bool = True,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        full_path = self._path(path) if versioned else path
+        total = self._timeout if timeout == _CLIENT_TIMEOUT else timeout
+        session = self._session_or_new()
+        try:
+            async with session.request(
+                method,
+                full_path,
+                params=params,
+                json=json_body,
+                timeout=aiohttp.ClientTimeout(total=total, connect=10.0),
+            ) as response:
+                if response.status >= 400:
+                    message = await _error_message(response)
+                    raise _api_error(response.status, message, method, full_path)
+                yield response
+        except aiohttp.ClientConnectorError as exc:
+            raise self._unreachable(exc) from exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            raise self._unreachable(exc) from exc
+        except TimeoutError as exc:
+            raise EngineUnreachable(
+                f"the Docker engine at {self.endpoint.url} did not answer {method} "
+                f"{full_path} within {total:g} s"
+            ) from exc
+
+    async def _json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        timeout: float | None = _CLIENT_TIMEOUT,
+    ) -> Any:
+        async with self._request(
+            method, path, params=params, json_body=json_body, timeout=timeout
+        ) as response:
+            try:
+                return await response.json(content_type=None)
+            except (ValueError, aiohttp.ClientPayloadError) as exc:
+                raise DockerError(f"{method} {path}: the engine's answer is not JSON") from exc
+
+    # -- calls --
+
+    async def ping(self) -> PingInfo:
+        async with self._request("GET", "/_ping", versioned=False, timeout=10.0) as response:
+            header = response.headers.get("Api-Version")
+            await response.read()
+        if not header:
+            raise DockerError(
+                f"{self.endpoint.url} answered /_ping without an Api-Version header: "
+                "is that a Docker engine?"
+            )
+        try:
+            version = parse_version(header)
+        except ValueError as exc:
+            raise DockerError(f"unreadable Api-Version {header!r} from /_ping") from exc
+        return PingInfo(
+            api_version=version,
+            os_type=response.headers.get("Ostype", ""),
+            is_podman="Libpod-Api-Version" in response.headers,
+        )
+
+    async def version(self) -> dict[str, Any]:
+        result = await self._json("GET", "/version")
+        return dict(result)
+
+    async def list_containers(
+        self, *, all: bool = True, filters: Mapping[str, Sequence[str]] | None = None
+    ) -> list[dict[str, Any]]:
+        params = {"all": "1" if all else "0"}
+        if filters:
+            params["filters"] = json.dumps({k: list(v) for k, v in filters.items()})
+        result = await self._json("GET", "/containers/json", params=params)
+        return list(result)
+
+    async def inspect_container(self, container_id: str) -> dict[str, Any]:
+        result = await self._json("GET", f"/containers/{quote(container_id, safe='')}/json")
+        return dict(result)
+
+    async def list_networks(
+        self, filters: Mapping[str, Sequence[str]] | None = None
+    ) -> list[dict[str, Any]]:
+        params = {}
+        if filters:
+            params["filters"] = json.dumps({k: list(v) for k, v in filters.items()})
+        result = await self._json("GET", "/networks", params=params)
+        return list(result)
+
+    async def top(self, container_id: str, ps_args: str = "-o pid,ppid,comm") -> dict[str, Any]:
+        """The processes of a container (`docker top`): used to see new worker pids."""
+        result = await self._json(
+            "GET",
+            f"/containers/{quote(container_id, safe='')}/top",
+            params={"ps_args": ps_args},
+        )
+        return dict(result)
+
+    async def kill(self, container_id: str, signal: str) -> None:
+        async with self._request(
+            "POST", f"/containers/{quote(container_id, safe='')}/kill", params={"signal": signal}
+        ) as response:
+            await response.read()
+
+    async def exec(
+        self, container_id: str, cmd: Sequence[str], *, timeout: float = 60.0
+    ) -> ExecResult:
+        """Run `cmd` in the container and wait for it; output demultiplexed."""
+        created = await self._json(
+            "POST",
+            f"/containers/{quote(container_id, safe='')}/exec",
+            json_body={"AttachStdout": True, "AttachStderr": True, "Cmd": list(cmd)},
+        )
+        exec_id = str(created["Id"])
+        async with self._request(
+            "POST",
+            f"/exec/{exec_id}/start",
+            json_body={"Detach": False, "Tty": False},
+            timeout=timeout,
+        ) as response:
+            try:
+                data = await response.read()
+            except aiohttp.ClientPayloadError as exc:
+                raise DockerError(f"exec {list(cmd)}: output stream broke: {exc}") from exc
+        stdout, stderr = demultiplex(data)
+        state = await self._json("GET", f"/exec/{exec_id}/json")
+        exit_code = state.get("ExitCode")
+        if state.get("Running") or exit_code is None:
+            raise DockerError(f"exec {list(cmd)}: no exit code after its stream ended")
+        return ExecResult(exit_code=int(exit_code), stdout=stdout, stderr=stderr)
+
+    async def events(
+        self,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        filters: Mapping[str, Sequence[str]] | None = None,
+    ) -> AsyncGenerator[Event, None]:
+        """The engine's events, one parsed `Event` per line.
+
+        Without `until` the stream is endless: its end, a line cut short or a line that is
+        not JSON raises `StreamError`, so a caller can never mistake a lost stream for quiet.
+        """
+        params: dict[str, str] = {}
+        if since is not None:
+            params["since"] = since
+        if until is not None:
+            params["until"] = until
+        if filters:
+            params["filters"] = json.dumps({k: list(v) for k, v in filters.items()})
+        async with self._request("GET", "/events", params=params, timeout=None) as response:
+            while True:
+                try:
+                    line = await response.content.readline()
+                except aiohttp.ClientPayloadError as exc:
+                    raise StreamError(f"the events stream broke: {exc}") from exc
+                except (aiohttp.ClientConnectionError, ConnectionError) as exc:
+                    raise StreamError(f"the events stream was dropped: {exc}") from exc
+                if not line:
+                    if until is not None:
+                        return
+                    raise StreamError("the engine closed the events stream")
+                if not line.endswith(b"\n"):
+                    raise StreamError(f"the events stream was cut mid-line: {line[:200]!r}")
+                if not line.strip():
+                    continue
+                try:
+                    event = Event.from_json(json.loads(line))
+                except ValueError as exc:
+                    raise StreamError(
+                        f"the events stream sent a line that is not an event: {line[:200]!r}"
+                    ) from exc
+                yield event
+
+
+async def _error_message(response: aiohttp.ClientResponse) -> str:
+    try:
+        body = await response.read()
+    except aiohttp.ClientError:
+        return response.reason or ""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip()[:500] or (response.reason or "")
+    if isinstance(data, dict) and "message" in data:
+        return str(data["message"])
+    return body.decode("utf-8", "replace").strip()[:500]

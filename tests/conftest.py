@@ -1,0 +1,70 @@
+"""Shared fixtures: the real engine (skipped outside CI when none answers), the lab, a fake one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from lbsync.docker_api import DockerClient, resolve_endpoint
+from tests.fake_engine import FakeEngine
+
+if TYPE_CHECKING:
+    from tests.lab import Lab
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_engine() -> None:
+    """Under CI a missing engine is a failure, never a skip."""
+    from tests.lab import engine_available
+
+    if engine_available():
+        return
+    if IN_CI:
+        pytest.fail("CI=true but no Docker engine answers on /var/run/docker.sock (lab/lab.sh up)")
+    pytest.skip("no Docker engine answers on /var/run/docker.sock; run `bash lab/lab.sh up`")
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """Starts lab containers for one test and removes every one of them, pass or fail."""
+    from tests.lab import Lab
+
+    require_engine()
+    instance = Lab()
+    try:
+        yield instance
+    finally:
+        instance.cleanup()
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[DockerClient]:
+    """Our client, connected to the real local engine."""
+    require_engine()
+    client = DockerClient(resolve_endpoint("unix:///var/run/docker.sock", {}))
+    await client.connect()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def fake_engine(tmp_path: Path) -> AsyncIterator[FakeEngine]:
+    """A FAKE engine on a unix socket, for faults the real one won't produce on demand."""
+    fake = FakeEngine(tmp_path / "fake-docker.sock")
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture
+def fake_client(fake_engine: FakeEngine) -> DockerClient:
+    return DockerClient(resolve_endpoint(f"unix://{fake_engine.socket_path}", {}))

@@ -1,0 +1,316 @@
+"""The Docker API client against a FAKE engine: faults and versions a real engine won't show."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from lbsync.docker_api import (
+    MAX_API_VERSION,
+    ApiVersionTooOld,
+    Conflict,
+    DockerClient,
+    DockerError,
+    EngineUnreachable,
+    Event,
+    NotFound,
+    PermissionDenied,
+    ServerError,
+    StreamError,
+    demultiplex,
+    format_version,
+    resolve_endpoint,
+)
+from tests.fake_engine import FakeEngine, event_line
+
+# --- version negotiation ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("engine_version", "expected"),
+    [
+        pytest.param("1.41", "1.41", id="docker-20.10-speaks-1.41"),
+        pytest.param("1.43", "1.43", id="docker-24"),
+        pytest.param("1.52", format_version(MAX_API_VERSION), id="docker-29-capped-at-ours"),
+        pytest.param("1.40", "1.40", id="oldest-accepted"),
+    ],
+)
+async def test_negotiates_newest_common_version(
+    fake_engine: FakeEngine, fake_client: DockerClient, engine_version: str, expected: str
+) -> None:
+    fake_engine.api_version = engine_version
+    fake_engine.json_route("GET", "/version", {"ApiVersion": engine_version})
+    async with fake_client:
+        assert format_version(fake_client.api_version) == expected
+        await fake_client.version()
+    assert fake_engine.requests[-1] == f"GET /v{expected}/version"
+
+
+async def test_newer_engine_refusing_old_versions_still_works(
+    fake_engine: FakeEngine, fake_client: DockerClient
+) -> None:
+    # Docker 29 answers 400 to anything below 1.44: our negotiated version must be above it.
+    fake_engine.api_version = "1.52"
+    fake_engine.min_api_version = "1.44"
+    fake_engine.json_route("GET", "/containers/json", [])
+    async with fake_client:
+        assert await fake_client.list_containers() == []
+
+
+async def test_refuses_engine_older_than_1_40(
+    fake_engine: FakeEngine, fake_client: DockerClient
+) -> None:
+    fake_engine.api_version = "1.39"
+    with pytest.raises(ApiVersionTooOld, match=r"1\.39.*needs 1\.40 or newer"):
+        await fake_client.connect()
+    await fake_client.close()
+
+
+# --- status codes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        pytest.param(404, NotFound, id="404-not-found"),
+        pytest.param(409, Conflict, id="409-conflict"),
+        pytest.param(500, ServerError, id="500-server-error"),
+        pytest.param(503, ServerError, id="503-server-error"),
+    ],
+)
+async def test_status_becomes_typed_error(
+    fake_engine: FakeEngine, fake_client: DockerClient, status: int, error: type[Exception]
+) -> None:
+    fake_engine.json_route("GET", "/containers/abc/json", {"message": "said the engine"}, status)
+    async with fake_client:
+        with pytest.raises(error, match="said the engine") as info:
+            await fake_client.inspect_container("abc")
+    assert str(status) in str(info.value)
+
+
+async def test_missing_socket_is_engine_unreachable(tmp_path: Path) -> None:
+    client = DockerClient(resolve_endpoint(f"unix://{tmp_path}/nothing.sock", {}))
+    with pytest.raises(EngineUnreachable, match=r"nothing\.sock.*is dockerd running"):
+        await client.connect()
+    await client.close()
+
+
+def _ping_as_nobody(socket_path: str, result: multiprocessing.Queue[str]) -> None:
+    os.setgid(65534)
+    os.setuid(65534)
+    client = DockerClient(resolve_endpoint(f"unix://{socket_path}", {}))
+
+    async def attempt() -> str:
+        try:
+            await client.connect()
+            return "connected"
+        except PermissionDenied as exc:
+            return f"PermissionDenied: {exc}"
+        except DockerError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            await client.close()
+
+    result.put(asyncio.run(attempt()))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+async def test_socket_without_permission_is_permission_denied() -> None:
+    # A real socket with mode 0600 owned by root, opened by another user: EACCES as in life.
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="lbsync-perm-"))
+    folder.chmod(0o755)
+    fake = FakeEngine(folder / "docker.sock")
+    await fake.start()
+    try:
+        (folder / "docker.sock").chmod(0o600)
+        context = multiprocessing.get_context("fork")
+        queue: multiprocessing.Queue[str] = context.Queue()
+        child = context.Process(target=_ping_as_nobody, args=(str(folder / "docker.sock"), queue))
+        child.start()
+        outcome = await asyncio.get_running_loop().run_in_executor(None, queue.get, True, 20)
+        child.join(5)
+    finally:
+        await fake.stop()
+    assert outcome.startswith("PermissionDenied: permission denied on the Docker socket")
+    assert "group" in outcome
+
+
+# --- the events stream -----------------------------------------------------------------
+
+
+def _stream_route(fake: FakeEngine, chunks: list[bytes], *, end: str) -> None:
+    """Serve `chunks` on /events, then end cleanly ('eof'), abort ('abort') or hang ('hang')."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_type = "application/json"
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(chunk)
+        if end == "abort":
+            assert request.transport is not None
+            request.transport.close()
+        elif end == "hang":
+            await asyncio.sleep(3600)
+        else:
+            await response.write_eof()
+        return response
+
+    fake.route("GET", "/events", handler)
+
+
+async def _collect(
+    client: DockerClient, since: str | None = None, until: str | None = None
+) -> list[Event]:
+    events = []
+    async for event in client.events(since=since, until=until):
+        events.append(event)
+    return events
+
+
+async def test_events_parse_lines(fake_engine: FakeEngine, fake_client: DockerClient) -> None:
+    _stream_route(
+        fake_engine,
+        [event_line("start", name="web", **{"lbsync.host": "a.test"}), event_line("die")],
+        end="hang",
+    )
+    async with fake_client:
+        stream = fake_client.events()
+        first = await anext(stream)
+        second = await anext(stream)
+        await stream.aclose()
+    assert (first.type, first.action, first.attributes["name"]) == ("container", "start", "web")
+    assert first.attributes["lbsync.host"] == "a.test"
+    assert first.time_nano == 1_700_000_000_000_000_000
+    assert second.action == "die"
+
+
+async def test_events_cut_mid_line_is_an_error(
+    fake_engine: FakeEngine, fake_client: DockerClient
+) -> None:
+    _stream_route(fake_engine, [event_line("start"), b'{"Type": "conta'], end="eof")
+    async with fake_client:
+        with pytest.raises(StreamError, match="cut mid-line"):
+            await _collect(fake_client)
+
+
+async def test_events_garbage_line_is_an_error(
+    fake_engine: FakeEngine, fake_client: DockerClient
+) -> None:
+    _stream_route(fake_engine, [b"this is not json\n"], end="hang")
+    async with fake_client:
+        with pytest.raises(StreamError, match="not an event"):
+            await _collect(fake_client)
+
+
+async def test_events_dropped_connection_is_an_error(
+    fake_engine: FakeEngine, fake_client: DockerClient
+) -> None:
+    _stream_route(fake_engine, [event_line("start")], end="abort")
+    async with fake_client:
+        with pytest.raises(StreamError):
+            await _collect(fake_client)
+
+
+async def test_events_clean_close_without_until_is_an_error(
+    fake_engine: FakeEngine, fake_client: DockerClient
+) -> None:
+    _stream_route(fake_engine, [event_line("start")], end="eof")
+    async with fake_client:
+        with pytest.raises(StreamError, match="closed the events stream"):
+            await _collect(fake_client)
+
+
+async def test_events_with_until_end_normally(
+    fake_engine: FakeEngine, fake_client: DockerClient
+) -> None:
+    _stream_route(fake_engine, [event_line("start"), event_line("stop")], end="eof")
+    async with fake_client:
+        events = await _collect(fake_client, since="0", until="1")
+    assert [e.action for e in events] == ["start", "stop"]
+    assert "until=1" in fake_engine.requests[-1]
+
+
+async def test_events_500_is_server_error(
+    fake_engine: FakeEngine, fake_client: DockerClient
+) -> None:
+    fake_engine.json_route("GET", "/events", {"message": "boom"}, status=500)
+    async with fake_client:
+        with pytest.raises(ServerError, match="boom"):
+            await _collect(fake_client)
+
+
+# --- pure helpers ----------------------------------------------------------------------
+
+
+def _frame(stream: int, payload: bytes) -> bytes:
+    return struct.pack(">BxxxL", stream, len(payload)) + payload
+
+
+def test_demultiplex_splits_stdout_and_stderr() -> None:
+    data = _frame(1, b"out1 ") + _frame(2, b"err") + _frame(1, b"out2")
+    assert demultiplex(data) == (b"out1 out2", b"err")
+
+
+def test_demultiplex_rejects_a_truncated_frame() -> None:
+    with pytest.raises(DockerError, match="inside a frame"):
+        demultiplex(_frame(1, b"ok") + b"\x01\x00\x00")
+
+
+@pytest.mark.parametrize(
+    ("host", "environ", "base_url", "unix_path", "tls"),
+    [
+        pytest.param(None, {}, "http://docker", "/var/run/docker.sock", False, id="default"),
+        pytest.param(
+            None,
+            {"DOCKER_HOST": "unix:///run/x.sock"},
+            "http://docker",
+            "/run/x.sock",
+            False,
+            id="docker-host-env",
+        ),
+        pytest.param(
+            "unix:///a.sock",
+            {"DOCKER_HOST": "unix:///b.sock"},
+            "http://docker",
+            "/a.sock",
+            False,
+            id="config-beats-env",
+        ),
+        pytest.param("tcp://127.0.0.1:2375", {}, "http://127.0.0.1:2375", None, False, id="tcp"),
+        pytest.param("tcp://127.0.0.1", {}, "http://127.0.0.1:2375", None, False, id="tcp-port"),
+        pytest.param(
+            "tcp://127.0.0.1:2376",
+            {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": "/none"},
+            "https://127.0.0.1:2376",
+            None,
+            True,
+            id="tls-verify-env",
+        ),
+        pytest.param("https://127.0.0.1", {}, "https://127.0.0.1:2376", None, True, id="https"),
+    ],
+)
+def test_resolve_endpoint(
+    host: str | None,
+    environ: dict[str, str],
+    base_url: str,
+    unix_path: str | None,
+    tls: bool,
+) -> None:
+    endpoint = resolve_endpoint(host, environ)
+    assert endpoint.base_url == base_url
+    assert endpoint.unix_path == unix_path
+    assert (endpoint.ssl_context is not None) == tls
+
+
+def test_resolve_endpoint_rejects_unknown_scheme() -> None:
+    with pytest.raises(DockerError, match="unsupported scheme 'ssh'"):
+        resolve_endpoint("ssh://host", {})
