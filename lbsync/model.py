@@ -48,6 +48,7 @@ class Container:
     exposed_ports: tuple[int, ...] = ()  # TCP ports only, sorted
     published_ports: tuple[PublishedPort, ...] = ()
     stop_signal: str = "SIGTERM"
+    started_at: str = ""  # State.StartedAt: tells one run of the container from the next
 
     @property
     def short_id(self) -> str:

@@ -1,0 +1,169 @@
+"""Compile a target's Jinja2 template once and render the routing model with it (SPEC §3a).
+
+`load_template(target)` finds and compiles the template (`builtin:nginx`, `builtin:haproxy`,
+or a path); `render(compiled, model, target)` turns a `RoutingModel` into the config text.
+Both raise `TemplateError` naming the template and, where known, the line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import jinja2
+
+import lbsync
+from lbsync.config import TargetConfig
+from lbsync.model import RoutingModel
+from lbsync.quoting import UnsafeValueError, haproxy_quote, nginx_quote
+
+__all__ = [
+    "BUILTIN_TEMPLATES",
+    "CompiledTemplate",
+    "TemplateError",
+    "builtin_template_dirs",
+    "load_template",
+    "render",
+]
+
+BUILTIN_PREFIX = "builtin:"
+# builtin name -> file name inside a templates folder
+BUILTIN_TEMPLATES: dict[str, str] = {
+    "builtin:nginx": "nginx.conf.j2",
+    "builtin:haproxy": "haproxy.cfg.j2",
+}
+
+
+class TemplateError(Exception):
+    """A template that cannot be read, compiled or rendered.
+
+    `template` is the builtin name or the path as configured, `line` the template line when
+    known, `reason` what went wrong. str() gives "template NAME, line N: REASON".
+    """
+
+    def __init__(self, template: str, line: int | None, reason: str) -> None:
+        self.template = template
+        self.line = line
+        self.reason = reason
+        where = f"template {template}" + (f", line {line}" if line is not None else "")
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledTemplate:
+    """A compiled template, ready to render any number of times without recompiling."""
+
+    name: str  # "builtin:nginx", "builtin:haproxy", or the configured path
+    path: Path  # the source file (watch it to reload a user template)
+    template: jinja2.Template = field(repr=False)
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.name.startswith(BUILTIN_PREFIX)
+
+
+def _make_environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,
+    )
+    env.filters["nginx_quote"] = nginx_quote
+    env.filters["haproxy_quote"] = haproxy_quote
+    return env
+
+
+# One environment for every template: the settings and filters SPEC §3a promises users.
+_ENV = _make_environment()
+
+
+def builtin_template_dirs() -> tuple[Path, Path]:
+    """Where builtin templates are looked up: the installed package, then a source checkout."""
+    package_dir = Path(lbsync.__file__).resolve().parent
+    return (package_dir / "templates", package_dir.parent / "templates")
+
+
+def _builtin_path(name: str) -> Path:
+    file_name = BUILTIN_TEMPLATES.get(name)
+    if file_name is None:
+        known = ", ".join(sorted(BUILTIN_TEMPLATES))
+        raise TemplateError(name, None, f"unknown builtin template (expected one of {known})")
+    dirs = builtin_template_dirs()
+    for directory in dirs:
+        candidate = directory / file_name
+        if candidate.is_file():
+            return candidate
+    looked = " and ".join(str(d) for d in dirs)
+    raise TemplateError(name, None, f"{file_name} is not installed (looked in {looked})")
+
+
+def _read(name: str, path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise TemplateError(name, None, f"no such file: {path}") from exc
+    except UnicodeDecodeError as exc:
+        raise TemplateError(name, None, f"{path} is not UTF-8 text ({exc.reason})") from exc
+    except OSError as exc:
+        raise TemplateError(name, None, f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _compile(name: str, path: Path, source: str) -> jinja2.Template:
+    try:
+        code = _ENV.compile(source, name=name, filename=str(path))
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(name, exc.lineno, exc.message or "syntax error") from exc
+    return _ENV.template_class.from_code(_ENV, code, _ENV.make_globals(None), None)
+
+
+def load_template(target: TargetConfig) -> CompiledTemplate:
+    """Find, read and compile the template `target.template` names.
+
+    `builtin:nginx` / `builtin:haproxy` come from the package's `templates/` folder (or the
+    repository's, in a source checkout); anything else is a path to a Jinja2 file.
+    """
+    name = target.template
+    path = _builtin_path(name) if name.startswith(BUILTIN_PREFIX) else Path(name)
+    source = _read(name, path)
+    return CompiledTemplate(name=name, path=path, template=_compile(name, path, source))
+
+
+def _template_line(tb: TracebackType | None, filename: str | None) -> int | None:
+    """The innermost line of the template in a (Jinja-rewritten) traceback."""
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, jinja2.TemplateError | UnsafeValueError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def render(template: CompiledTemplate, model: RoutingModel, target: TargetConfig) -> str:
+    """Render `model` for `target`; the text always ends with a newline.
+
+    The context is SPEC §3a: `target`, `vars`, `hosts`, `upstreams`, `containers`.
+    """
+    context: dict[str, Any] = {
+        "target": target,
+        "vars": target.vars,
+        "hosts": model.hosts,
+        "upstreams": model.upstreams,
+        "containers": model.containers,
+    }
+    try:
+        text = template.template.render(context)
+    except Exception as exc:
+        line = _template_line(exc.__traceback__, template.template.filename)
+        raise TemplateError(template.name, line, _describe(exc)) from exc
+    return text if text.endswith("\n") else text + "\n"

@@ -1,0 +1,619 @@
+"""Rendering: golden files for builtin:nginx (each checked by a real `nginx -t`), user templates,
+errors that name the template and line, determinism and speed.
+
+`LBSYNC_UPDATE_GOLDEN=1 python -m pytest tests/test_render.py` rewrites tests/testdata/render/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+
+import lbsync.render
+from lbsync.config import TargetConfig
+from lbsync.model import (
+    ContainerRef,
+    DiscoveredContainer,
+    Host,
+    Route,
+    RoutingModel,
+    Server,
+    Service,
+    Upstream,
+)
+from lbsync.quoting import UnsafeValueError
+from lbsync.render import CompiledTemplate, TemplateError, load_template, render
+
+GOLDEN_DIR = Path(__file__).parent / "testdata" / "render"
+UPDATE_GOLDEN = os.environ.get("LBSYNC_UPDATE_GOLDEN") == "1"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# --- nginx -t helpers (also used by test_quoting) -----------------------------------------
+
+
+def require_nginx() -> str:
+    """The nginx binary; a skip without one, but a failure under CI=true."""
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if found is not None:
+        return found
+    if IN_CI:
+        pytest.fail("CI=true but nginx is not installed (apt-get install nginx-light)")
+    pytest.skip("nginx is not installed")
+
+
+def nginx_prefix_config(tmp_path: Path, include: Path, extra_main: str = "") -> Path:
+    """A minimal nginx.conf that includes `include` at the http level, with every path
+    nginx writes (pid, logs, temp folders) inside tmp_path."""
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        f"{extra_main}\n"
+        f"pid {tmp_path}/nginx.pid;\n"
+        f"error_log {tmp_path}/error.log;\n"
+        "events {}\n"
+        "http {\n"
+        f"    access_log {tmp_path}/access.log;\n"
+        f"    client_body_temp_path {tmp_path}/client_body;\n"
+        f"    proxy_temp_path {tmp_path}/proxy;\n"
+        f"    fastcgi_temp_path {tmp_path}/fastcgi;\n"
+        f"    uwsgi_temp_path {tmp_path}/uwsgi;\n"
+        f"    scgi_temp_path {tmp_path}/scgi;\n"
+        f"    include {include};\n"
+        "}\n",
+        encoding="utf-8",
+    )
+    return conf
+
+
+def nginx_test(tmp_path: Path, include: Path) -> None:
+    """`nginx -t` on `include` wrapped in a minimal config: no error and no warning."""
+    nginx = require_nginx()
+    conf = nginx_prefix_config(tmp_path, include)
+    error_log = tmp_path / "error.log"
+    result = subprocess.run(
+        [nginx, "-t", "-e", str(error_log), "-p", f"{tmp_path}/", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "[warn]" not in output and "[emerg]" not in output, output
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running(argv: list[str], log: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server in the foreground until it accepts on 127.0.0.1:`port`; stop it after."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{argv[0]} did not start: {log.read_text(errors='replace')}")
+                time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- model builders -------------------------------------------------------------------
+
+
+def ref(name: str) -> ContainerRef:
+    return ContainerRef(id=hashlib.sha256(name.encode()).hexdigest(), name=name)
+
+
+def srv(address: str, port: int = 8080, weight: int = 1, name: str = "app-1") -> Server:
+    return Server(address=address, port=port, weight=weight, container=ref(name))
+
+
+def ups(name: str, *servers: Server, balance: str = "round_robin") -> Upstream:
+    return Upstream(name=name, balance=balance, servers=servers)
+
+
+def host(name: str, *routes: tuple[str, Upstream]) -> Host:
+    ordered = sorted(routes, key=lambda r: (-len(r[0]), r[0]))
+    return Host(name=name, routes=tuple(Route(path=p, upstream=u) for p, u in ordered))
+
+
+def model(*hosts: Host, containers: tuple[DiscoveredContainer, ...] = ()) -> RoutingModel:
+    by_name = {r.upstream.name: r.upstream for h in hosts for r in h.routes}
+    return RoutingModel(
+        hosts=tuple(sorted(hosts, key=lambda h: h.name)),
+        upstreams=tuple(by_name[n] for n in sorted(by_name)),
+        containers=containers,
+    )
+
+
+def target(**overrides: Any) -> TargetConfig:
+    values: dict[str, Any] = {
+        "name": "nginx",
+        "template": "builtin:nginx",
+        "output": Path("/etc/nginx/conf.d/lbsync.conf"),
+    }
+    values.update(overrides)
+    return TargetConfig(**values)
+
+
+WEB = ups("lbsync_web_example_com_1a2b3c4d", srv("172.18.0.2", name="web-1"))
+
+# --- golden fixtures --------------------------------------------------------------------
+
+Fixture = Callable[[], tuple[RoutingModel, TargetConfig]]
+
+
+def fx_empty() -> tuple[RoutingModel, TargetConfig]:
+    return model(), target()
+
+
+def fx_one_host() -> tuple[RoutingModel, TargetConfig]:
+    return model(host("web.example.com", ("/", WEB))), target()
+
+
+def fx_two_hosts() -> tuple[RoutingModel, TargetConfig]:
+    shop = ups(
+        "lbsync_shop_example_com_5e6f7a8b",
+        srv("172.18.0.3", 3000, name="shop-1"),
+        srv("172.18.0.4", 3000, name="shop-2"),
+    )
+    return model(
+        host("web.example.com", ("/", WEB)), host("shop.example.com", ("/", shop))
+    ), target()
+
+
+def fx_paths_longest_first() -> tuple[RoutingModel, TargetConfig]:
+    v2 = ups("lbsync_api_example_com_api_v2_0c0c0c0c", srv("172.18.0.5", 9000, name="api-v2"))
+    api = ups("lbsync_api_example_com_api_0b0b0b0b", srv("172.18.0.6", 9000, name="api-v1"))
+    site = ups("lbsync_api_example_com_0a0a0a0a", srv("172.18.0.7", 80, name="site"))
+    return model(host("api.example.com", ("/", site), ("/api", api), ("/api/v2", v2))), target()
+
+
+def fx_empty_upstream_503() -> tuple[RoutingModel, TargetConfig]:
+    down = ups("lbsync_down_example_com_dddddddd")
+    half_down = ups("lbsync_mixed_example_com_admin_eeeeeeee")
+    return (
+        model(
+            host("down.example.com", ("/", down)),
+            host("mixed.example.com", ("/", WEB), ("/admin", half_down)),
+        ),
+        target(),
+    )
+
+
+def fx_no_root_path_404() -> tuple[RoutingModel, TargetConfig]:
+    api = ups("lbsync_api_example_com_api_0b0b0b0b", srv("172.18.0.6", 9000, name="api-v1"))
+    return model(host("api.example.com", ("/api", api))), target()
+
+
+def fx_weights_and_balance() -> tuple[RoutingModel, TargetConfig]:
+    rr = ups(
+        "lbsync_rr_example_com_11111111",
+        srv("172.18.0.10", weight=1, name="rr-1"),
+        srv("172.18.0.11", weight=3, name="rr-2"),
+        balance="round_robin",
+    )
+    lc = ups(
+        "lbsync_lc_example_com_22222222",
+        srv("172.18.0.12", weight=256, name="lc-1"),
+        srv("172.18.0.13", weight=1, name="lc-2"),
+        balance="least_conn",
+    )
+    ih = ups(
+        "lbsync_ih_example_com_33333333",
+        srv("172.18.0.14", weight=2, name="ih-1"),
+        srv("172.18.0.15", weight=7, name="ih-2"),
+        balance="ip_hash",
+    )
+    return (
+        model(
+            host("rr.example.com", ("/", rr)),
+            host("lc.example.com", ("/", lc)),
+            host("ih.example.com", ("/", ih)),
+        ),
+        target(),
+    )
+
+
+def fx_wildcard_host() -> tuple[RoutingModel, TargetConfig]:
+    tenants = ups("lbsync_x_example_com_44444444", srv("172.18.0.20", name="tenants"))
+    return (
+        model(host("*.example.com", ("/", tenants)), host("www.example.com", ("/", WEB))),
+        target(),
+    )
+
+
+def fx_default_server_off() -> tuple[RoutingModel, TargetConfig]:
+    return model(host("web.example.com", ("/", WEB))), target(default_server=False)
+
+
+def fx_ipv6_server() -> tuple[RoutingModel, TargetConfig]:
+    dual = ups(
+        "lbsync_v6_example_com_66666666",
+        srv("172.18.0.30", name="v6-1"),
+        srv("fd00:dead:beef::2", name="v6-2"),
+        srv("2001:db8::1", 8443, name="v6-3"),
+    )
+    return model(host("v6.example.com", ("/", dual))), target()
+
+
+def fx_listen_loopback_8080() -> tuple[RoutingModel, TargetConfig]:
+    return model(host("web.example.com", ("/", WEB))), target(listen="127.0.0.1:8080")
+
+
+def fx_hostile_path_quoted() -> tuple[RoutingModel, TargetConfig]:
+    """Values the label parser would refuse: the template still keeps each one a token."""
+    odd = ups("lbsync odd;name", srv("172.18.0.40", name="odd"))
+    return model(host("odd.example.com", ("/we ird;{}#'\"\\", odd))), target()
+
+
+def fx_long_host_name() -> tuple[RoutingModel, TargetConfig]:
+    """Over 46 characters: nginx's default 64-byte server_names hash bucket is too small."""
+    name = "a-rather-long-service-name.staging.eu-west-1.example.com"
+    assert len(name) > 46
+    return model(host(name, ("/", WEB)), host("web.example.com", ("/", WEB))), target()
+
+
+FIXTURES: dict[str, Fixture] = {
+    "empty": fx_empty,
+    "one_host": fx_one_host,
+    "two_hosts": fx_two_hosts,
+    "paths_longest_first": fx_paths_longest_first,
+    "empty_upstream_503": fx_empty_upstream_503,
+    "no_root_path_404": fx_no_root_path_404,
+    "weights_and_balance": fx_weights_and_balance,
+    "wildcard_host": fx_wildcard_host,
+    "default_server_off": fx_default_server_off,
+    "ipv6_server": fx_ipv6_server,
+    "listen_loopback_8080": fx_listen_loopback_8080,
+    "hostile_path_quoted": fx_hostile_path_quoted,
+    "long_host_name": fx_long_host_name,
+}
+
+
+@pytest.fixture(scope="module")
+def nginx_template() -> CompiledTemplate:
+    return load_template(target())
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_golden(name: str, nginx_template: CompiledTemplate) -> None:
+    routing, tgt = FIXTURES[name]()
+    text = render(nginx_template, routing, tgt)
+    golden = GOLDEN_DIR / f"{name}.conf"
+    if UPDATE_GOLDEN:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text, encoding="utf-8")
+    assert golden.exists(), f"{golden} is missing: run with LBSYNC_UPDATE_GOLDEN=1"
+    assert text == golden.read_text(encoding="utf-8")
+
+
+def test_every_golden_file_has_a_fixture() -> None:
+    assert sorted(p.stem for p in GOLDEN_DIR.glob("*.conf")) == sorted(FIXTURES)
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_golden_passes_nginx_t(name: str, tmp_path: Path) -> None:
+    nginx_test(tmp_path, GOLDEN_DIR / f"{name}.conf")
+
+
+# --- what the builtin template promises ----------------------------------------------------
+
+
+def test_builtin_template_shape(nginx_template: CompiledTemplate) -> None:
+    text = (GOLDEN_DIR / "empty_upstream_503.conf").read_text(encoding="utf-8")
+    assert text.startswith("# Generated by lbsync")
+    assert "upstream lbsync_down_example_com_dddddddd" not in text  # nginx refuses empty ones
+    assert "return 503;" in text
+    assert "non_idempotent" not in text
+    assert text.count("default_server") == 1
+    # every name the template itself defines starts with lbsync_
+    assert "$lbsync_connection_upgrade" in text
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        pytest.param(None, "server_names_hash_bucket_size 128;", id="auto"),
+        pytest.param(256, "server_names_hash_bucket_size 256;", id="fixed"),
+        pytest.param(False, None, id="off"),
+    ],
+)
+def test_server_names_hash_bucket_size(
+    nginx_template: CompiledTemplate, setting: object, expected: str | None
+) -> None:
+    routing, _ = fx_long_host_name()
+    tgt = target() if setting is None else target(vars={"server_names_hash_bucket_size": setting})
+    lines = [ln for ln in render(nginx_template, routing, tgt).splitlines() if "bucket_size" in ln]
+    assert lines == ([expected] if expected else [])
+    # 46 characters still fit the default bucket: nothing is emitted
+    short = model(host("a" * 38 + ".example", ("/", WEB)))
+    assert "bucket_size" not in render(nginx_template, short, target())
+
+
+def test_path_with_dollar_is_a_template_error(nginx_template: CompiledTemplate) -> None:
+    routing = model(host("web.example.com", ("/$uri", WEB)))
+    with pytest.raises(TemplateError, match=r"builtin:nginx, line \d+: .*'\$'") as info:
+        render(nginx_template, routing, target())
+    assert isinstance(info.value.__cause__, UnsafeValueError)
+
+
+def test_host_with_newline_is_a_template_error(nginx_template: CompiledTemplate) -> None:
+    routing = model(host("a.test;\n}\nserver {", ("/", WEB)))
+    with pytest.raises(TemplateError, match="newline"):
+        render(nginx_template, routing, target())
+
+
+def test_render_is_deterministic(nginx_template: CompiledTemplate) -> None:
+    routing, tgt = fx_weights_and_balance()
+    first = render(nginx_template, routing, tgt).encode()
+    again = render(load_template(tgt), *fx_weights_and_balance()).encode()
+    assert first == again
+
+
+def test_rendering_never_recompiles(
+    nginx_template: CompiledTemplate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_compile(*args: object, **kwargs: object) -> None:
+        raise AssertionError("compiled during render")
+
+    monkeypatch.setattr(jinja2.Environment, "compile", no_compile)
+    routing, tgt = fx_two_hosts()
+    assert render(nginx_template, routing, tgt) == render(nginx_template, routing, tgt)
+
+
+# --- user templates and errors -----------------------------------------------------------
+
+
+def _user(tmp_path: Path, source: str, name: str = "user.j2") -> TargetConfig:
+    path = tmp_path / name
+    path.write_text(source, encoding="utf-8")
+    return target(template=str(path), vars={"greeting": "hello"})
+
+
+CONTEXT_TEMPLATE = """\
+{{ target.name }} {{ target.listen }} {{ target.default_server }} {{ vars.greeting }}
+{% for h in hosts %}
+host {{ h.name|nginx_quote }}{% for r in h.routes %} {{ r.path }}->{{ r.upstream.name }}{% endfor %}
+
+{% endfor %}
+{% for u in upstreams %}
+upstream {{ u.name }} {{ u.balance }}
+{% for s in u.servers %}
+  {{ s.address }}:{{ s.port }} w={{ s.weight }} {{ s.container.name }} {{ s.container.id[:12] }}
+{% endfor %}
+{% endfor %}
+{% for c in containers %}
+container {{ c.name }} {{ c.id[:12] }} {{ c.health }} {{ c.labels["lbsync.host"] | haproxy_quote }}
+{% for svc in c.services %}
+  service {{ svc.name or "(default)" }} {{ svc.hosts | join(",") }}:{{ svc.port }}{{ svc.path }}
+{% endfor %}
+{% endfor %}
+{{ upstreams | length }} upstreams"""
+
+
+def test_user_template_gets_the_full_context(tmp_path: Path) -> None:
+    web = ref("web-1")
+    container = DiscoveredContainer(
+        id=web.id,
+        name="web-1",
+        labels={"lbsync.enable": "true", "lbsync.host": "web.example.com"},
+        health="healthy",
+        services=(Service(name="", hosts=("web.example.com",), port=8080),),
+    )
+    routing = model(host("web.example.com", ("/", WEB)), containers=(container,))
+    tgt = _user(tmp_path, CONTEXT_TEMPLATE)
+    compiled = load_template(tgt)
+    assert compiled.name == str(tmp_path / "user.j2")
+    assert compiled.path == tmp_path / "user.j2"
+    assert not compiled.is_builtin
+    assert render(compiled, routing, tgt) == (
+        "nginx 80 True hello\n"
+        "host web.example.com /->lbsync_web_example_com_1a2b3c4d\n"
+        "upstream lbsync_web_example_com_1a2b3c4d round_robin\n"
+        f"  172.18.0.2:8080 w=1 web-1 {web.id[:12]}\n"
+        f"container web-1 {web.id[:12]} healthy web.example.com\n"
+        "  service (default) web.example.com:8080/\n"
+        "1 upstreams\n"  # render adds the final newline the template lacks
+    )
+
+
+def test_typo_in_user_template_names_file_and_line(tmp_path: Path) -> None:
+    tgt = _user(tmp_path, "# ok\n{% for h in hosts %}\nserver_name {{ h.nmae }};\n{% endfor %}\n")
+    compiled = load_template(tgt)
+    with pytest.raises(TemplateError) as info:
+        render(compiled, model(host("web.example.com", ("/", WEB))), tgt)
+    err = info.value
+    assert str(tmp_path / "user.j2") in str(err)
+    assert err.line == 3
+    assert "line 3" in str(err) and "nmae" in str(err)
+    assert isinstance(err.__cause__, jinja2.UndefinedError)
+
+
+def test_undefined_variable_names_file_and_line(tmp_path: Path) -> None:
+    tgt = _user(tmp_path, "a\nb\n{{ vars.missing }}\n")
+    with pytest.raises(TemplateError, match=r"user\.j2, line 3: .*missing"):
+        render(load_template(tgt), model(), tgt)
+
+
+def test_python_error_in_template_is_a_template_error(tmp_path: Path) -> None:
+    tgt = _user(tmp_path, "{{ 1 // 0 }}\n")
+    with pytest.raises(TemplateError, match=r"line 1: ZeroDivisionError") as info:
+        render(load_template(tgt), model(), tgt)
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    tgt = _user(tmp_path, "one\ntwo\n{% for h in hosts %}\n{{ h.name }}\n")
+    with pytest.raises(TemplateError, match=r"user\.j2, line \d+: .*endfor") as info:
+        load_template(tgt)
+    assert isinstance(info.value.__cause__, jinja2.TemplateSyntaxError)
+
+
+def test_unknown_filter_is_found_at_load(tmp_path: Path) -> None:
+    tgt = _user(tmp_path, "\n{{ hosts | caddy_quote }}\n")
+    with pytest.raises(TemplateError, match=r"line 2: .*caddy_quote"):
+        load_template(tgt)
+
+
+def test_missing_user_template(tmp_path: Path) -> None:
+    tgt = target(template=str(tmp_path / "nope.j2"))
+    with pytest.raises(TemplateError, match=r"nope\.j2: no such file") as info:
+        load_template(tgt)
+    assert info.value.line is None
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+
+
+def test_template_that_is_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(TemplateError, match="cannot read"):
+        load_template(target(template=str(tmp_path)))
+
+
+def test_template_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.j2"
+    path.write_bytes(b"caf\xe9\n")
+    with pytest.raises(TemplateError, match="not UTF-8"):
+        load_template(target(template=str(path)))
+
+
+def test_unknown_builtin() -> None:
+    with pytest.raises(TemplateError, match=r"builtin:caddy: unknown builtin template"):
+        load_template(target(template="builtin:caddy"))
+
+
+def test_builtin_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    installed, checkout = tmp_path / "pkg", tmp_path / "repo"
+    monkeypatch.setattr(lbsync.render, "builtin_template_dirs", lambda: (installed, checkout))
+    haproxy = target(template="builtin:haproxy")
+    with pytest.raises(TemplateError, match=r"builtin:haproxy: haproxy\.cfg\.j2 is not installed"):
+        load_template(haproxy)
+    checkout.mkdir()
+    (checkout / "haproxy.cfg.j2").write_text("from checkout\n")
+    assert render(load_template(haproxy), model(), haproxy) == "from checkout\n"
+    installed.mkdir()
+    (installed / "haproxy.cfg.j2").write_text("from package\n")
+    compiled = load_template(haproxy)
+    assert compiled.is_builtin and compiled.path == installed / "haproxy.cfg.j2"
+    assert render(compiled, model(), haproxy) == "from package\n"
+
+
+def test_builtin_dirs_are_the_package_then_the_checkout() -> None:
+    package_dir = Path(lbsync.render.__file__).resolve().parent
+    assert lbsync.render.builtin_template_dirs() == (
+        package_dir / "templates",
+        package_dir.parent / "templates",
+    )
+    assert load_template(target()).path.name == "nginx.conf.j2"
+
+
+# --- the builtin template in a live nginx ------------------------------------------------------
+
+
+class _EchoHandler(BaseHTTPRequestHandler):
+    """Answers with the request's headers and the client (nginx) port, as JSON."""
+
+    protocol_version = "HTTP/1.1"  # keeps connections open: lets nginx reuse them
+
+    def do_GET(self) -> None:
+        body = json.dumps(
+            {"headers": dict(self.headers.items()), "peer_port": self.client_address[1]}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _get(port: int, host_header: str, path: str = "/", **headers: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers={"Host": host_header, **headers}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_builtin_nginx_live(tmp_path: Path) -> None:
+    """Routing, forwarded headers, upstream keepalive, WebSocket headers and the 503s, for real."""
+    nginx = require_nginx()
+    app = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
+    worker = threading.Thread(target=app.serve_forever, daemon=True)
+    worker.start()
+    try:
+        echo = ups("lbsync_echo_test_0e0e0e0e", srv("127.0.0.1", app.server_address[1]))
+        routing = model(
+            host("echo.test", ("/", echo)),
+            host("down.test", ("/", ups("lbsync_down_test_0d0d0d0d"))),
+            host("api.test", ("/api", echo)),
+        )
+        port = free_port()
+        tgt = target(listen=f"127.0.0.1:{port}")
+        include = tmp_path / "lbsync.conf"
+        include.write_text(render(load_template(tgt), routing, tgt), encoding="utf-8")
+        conf = nginx_prefix_config(tmp_path, include, extra_main="daemon off;\nmaster_process off;")
+        argv = [nginx, "-e", str(tmp_path / "error.log"), "-p", f"{tmp_path}/", "-c", str(conf)]
+        with running(argv, tmp_path / "nginx.out", port):
+            seen = []
+            for _ in range(3):
+                status, body = _get(port, "echo.test", "/some/page?q=1")
+                assert status == 200
+                seen.append(json.loads(body))
+            headers = seen[0]["headers"]
+            assert headers["Host"] == "echo.test"
+            assert headers["X-Real-IP"] == "127.0.0.1"
+            assert headers["X-Forwarded-For"] == "127.0.0.1"
+            assert headers["X-Forwarded-Proto"] == "http"
+            assert headers["X-Forwarded-Host"] == "echo.test"
+            assert "Connection" not in headers  # no "close": the upstream connection is kept
+            assert len({s["peer_port"] for s in seen}) == 1  # ... and reused (keepalive)
+
+            status, body = _get(port, "echo.test", "/ws", Connection="Upgrade", Upgrade="websocket")
+            ws_headers = json.loads(body)["headers"]
+            assert (ws_headers["Connection"], ws_headers["Upgrade"]) == ("upgrade", "websocket")
+
+            assert _get(port, "api.test", "/apix")[0] == 200  # a raw prefix, as documented
+            assert _get(port, "api.test", "/")[0] == 404  # an unrouted path: not the nginx root
+            assert _get(port, "down.test")[0] == 503  # no servers left
+            assert _get(port, "unknown.test")[0] == 503  # the catch-all default server
+    finally:
+        app.shutdown()
+        app.server_close()
