@@ -131,4 +131,5 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
         exposed_ports=tuple(sorted(exposed)),
         published_ports=tuple(sorted(published, key=lambda p: (p.container_port, p.host_port))),
         stop_signal=str(config.get("StopSignal") or "SIGTERM"),
+        started_at=str(state.get("StartedAt") or ""),
     )

@@ -274,7 +274,11 @@ class DockerClient:
         return cls(resolve_endpoint(host, os.environ if environ is None else environ))
 
     async def __aenter__(self) -> DockerClient:
-        await self.connect()
+        try:
+            await self.connect()
+        except BaseException:
+            await self.close()  # __aexit__ does not run when __aenter__ raises
+            raise
         return self
 
     async def __aexit__(
@@ -449,12 +453,12 @@ class DockerClient:
         result = await self._json("GET", "/networks", params=params)
         return list(result)
 
-    async def top(self, container_id: str, ps_args: str = "-o pid,ppid,comm") -> dict[str, Any]:
+    async def top(self, container_id: str, ps_args: str | None = None) -> dict[str, Any]:
         """The processes of a container (`docker top`): used to see new worker pids."""
         result = await self._json(
             "GET",
             f"/containers/{quote(container_id, safe='')}/top",
-            params={"ps_args": ps_args},
+            params={"ps_args": ps_args} if ps_args else None,
         )
         return dict(result)
 

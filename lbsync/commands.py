@@ -1,0 +1,181 @@
+"""The one-shot commands behind the CLI: `events`, `check`, `render`; and the entry to `run`."""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import os
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TextIO
+
+from lbsync.config import Config, DiscoveryConfig
+from lbsync.containers import container_from_inspect
+from lbsync.daemon import Daemon
+from lbsync.docker_api import DockerClient, Event, NotFound, resolve_endpoint
+from lbsync.labels import parse_services
+from lbsync.logs import setup_logging
+from lbsync.model import Service
+from lbsync.proxy import find_proxies
+from lbsync.registry import Registry
+from lbsync.render import CompiledTemplate, TemplateError, load_template, render
+from lbsync.routing import build_model
+from lbsync.writer import read_current
+
+#: Container actions lbsync acts on; health probes' exec_* events are noise to it.
+IGNORED_ACTIONS = frozenset({"exec_create", "exec_start", "exec_die", "exec_detach"})
+
+
+class UserError(Exception):
+    """A mistake the user can fix (unknown target name, bad template): exit 2, one line."""
+
+
+def client_for(config: Config, environ: Mapping[str, str] | None = None) -> DockerClient:
+    tls = config.docker.tls
+    endpoint = resolve_endpoint(
+        config.docker.host,
+        os.environ if environ is None else environ,
+        tls_ca=tls.ca,
+        tls_cert=tls.cert,
+        tls_key=tls.key,
+    )
+    return DockerClient(endpoint)
+
+
+def format_service(service: Service) -> str:
+    name = service.name or "default"
+    extra = []
+    if service.upstream:
+        extra.append(f"upstream={service.upstream}")
+    if service.weight != 1:
+        extra.append(f"weight={service.weight}")
+    if service.balance != "round_robin":
+        extra.append(f"balance={service.balance}")
+    tail = (" " + " ".join(extra)) if extra else ""
+    hosts = ",".join(service.hosts)
+    return f"{name}: {hosts}{service.path} -> :{service.port}{tail}"
+
+
+def format_event(event: Event, discovery: DiscoveryConfig, details: str = "") -> str:
+    """One line per event: time, action, name, short id, our labels, then what we parsed."""
+    when = datetime.fromtimestamp(event.time_nano / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    name = event.attributes.get("name", "")
+    prefix = discovery.label_prefix + "."
+    labels = " ".join(
+        f"{key}={value}"
+        for key, value in sorted(event.attributes.items())
+        if key.startswith(prefix) or key == discovery.label_prefix
+    )
+    parts = [when[:-3] + "Z", event.action, name or "-", event.actor_id[:12]]
+    if labels:
+        parts.append(labels)
+    line = " ".join(parts)
+    return f"{line} | {details}" if details else line
+
+
+async def describe_container(client: DockerClient, container_id: str, config: Config) -> str:
+    """What lbsync parses from a container right now: its services, or why it has none."""
+    try:
+        data = await client.inspect_container(container_id)
+    except NotFound:
+        return "gone"
+    container = container_from_inspect(data)
+    parsed = parse_services(container, config.discovery)
+    if not parsed.enabled:
+        return "not enabled"
+    words = [f"state={container.state}", f"health={container.health}"]
+    words += [format_service(service) for service in parsed.services]
+    words += [f"skipped: {skip.detail}" for skip in parsed.skips]
+    return "; ".join(words)
+
+
+async def follow_events(config: Config, out: TextIO = sys.stdout) -> None:
+    """`lbsync events`: follow container events until interrupted."""
+    async with client_for(config) as client:
+        async for event in client.events(filters={"type": ["container"]}):
+            if event.base_action in IGNORED_ACTIONS:
+                continue
+            details = ""
+            if event.action != "destroy":
+                details = await describe_container(client, event.actor_id, config)
+            print(format_event(event, config.discovery, details), file=out, flush=True)
+
+
+def load_templates(config: Config) -> dict[str, CompiledTemplate]:
+    """Compile every target's template; a broken one is a UserError naming file and line."""
+    templates = {}
+    for target in config.targets:
+        try:
+            templates[target.name] = load_template(target)
+        except TemplateError as exc:
+            raise UserError(f"target {target.name}: {exc}") from exc
+    return templates
+
+
+def check(config: Config, out: TextIO = sys.stdout) -> int:
+    """`lbsync check`: the config parsed already; compile the templates."""
+    load_templates(config)
+    where = config.source or "built-in defaults"
+    print(f"{where}: ok ({len(config.targets)} target(s))", file=out)
+    return 0
+
+
+async def render_once(
+    config: Config, *, target: str | None = None, diff: bool = False, out: TextIO = sys.stdout
+) -> None:
+    """`lbsync render`: read the engine once, print what each target would get. No writes."""
+    targets = [t for t in config.targets if target is None or t.name == target]
+    if not targets:
+        names = ", ".join(t.name for t in config.targets)
+        raise UserError(f"no target named {target!r} (targets: {names})")
+    templates = load_templates(config)
+    registry = Registry()
+    async with client_for(config) as client:
+        listed = await client.list_containers(all=True)
+        for item in listed:
+            try:
+                registry.upsert(container_from_inspect(await client.inspect_container(item["Id"])))
+            except NotFound:
+                continue  # removed since the listing
+    containers = registry.containers()
+    entries = registry.entries(config.discovery)
+    for spec in targets:
+        proxies = find_proxies(spec, containers)
+        networks = frozenset(n.name for n in proxies[0].networks) if proxies else frozenset()
+        model = build_model(entries, config.discovery, spec, networks)
+        for skip in model.skips:
+            print(f"lbsync: warning: {skip.detail}", file=sys.stderr)
+        for warning in model.warnings:
+            print(f"lbsync: warning: {warning}", file=sys.stderr)
+        text = render(templates[spec.name], model, spec)
+        if diff:
+            current = read_current(spec.output)
+            old = (current or b"").decode("utf-8", "replace").splitlines(keepends=True)
+            out.writelines(
+                difflib.unified_diff(
+                    old, text.splitlines(keepends=True), str(spec.output), f"{spec.output} (new)"
+                )
+            )
+            continue
+        if len(targets) > 1:
+            print(f"# ==> {spec.output} <==", file=out)
+        out.write(text)
+
+
+def run_daemon(config: Config) -> int:
+    """`lbsync run`: set up logging, run until SIGTERM/SIGINT."""
+    setup_logging(config.log)
+    load_templates(config)
+
+    async def main() -> int:
+        daemon = Daemon(config, client_for(config))
+        try:
+            return await daemon.run()
+        except OSError as exc:
+            raise UserError(
+                f"cannot listen on {config.server.host}:{config.server.port} "
+                f"(server.listen): {exc.strerror or exc}"
+            ) from exc
+
+    return asyncio.run(main())

@@ -1,0 +1,392 @@
+"""`lbsync run`: the watcher, the debounced passes, and the HTTP server, wired together.
+
+A pass, per target (SPEC §5): find the proxy (wait while it is missing), build the routing
+model, render; unchanged bytes end the pass; changed bytes are written atomically and
+checked, and a refused check puts the last good file back. Then the proxy is reloaded and
+the reload confirmed. The first pass always reloads. Nothing here ever exits the process on
+a bad event, label, template, check or reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+
+import tenacity
+
+from lbsync.config import Config, TargetConfig
+from lbsync.debounce import Debouncer
+from lbsync.docker_api import ApiVersionTooOld, DockerClient, PermissionDenied
+from lbsync.metrics import Metrics
+from lbsync.model import Container, RoutingModel
+from lbsync.proxy import (
+    CheckFailed,
+    ReloadFailed,
+    check,
+    find_proxies,
+    reload,
+    uses_containers,
+)
+from lbsync.registry import Registry
+from lbsync.render import CompiledTemplate, TemplateError, load_template, render
+from lbsync.routing import NOT_HEALTHY, NOT_RUNNING, build_model
+from lbsync.watcher import Change, Watcher
+from lbsync.writer import WriteError, read_current, restore, write_atomic
+
+log = logging.getLogger("lbsync")
+
+RELOAD_ATTEMPTS = 3
+RETRY_PASS_MIN = 1.0
+RETRY_PASS_MAX = 30.0
+SHUTDOWN_GRACE = 30.0
+STATE_REASONS = frozenset({NOT_RUNNING, NOT_HEALTHY})
+
+
+@dataclass
+class TargetState:
+    """What one target's passes remember between runs."""
+
+    config: TargetConfig
+    template: CompiledTemplate
+    on_disk: bytes | None = None  # what we last wrote or read; None with known=False: unread
+    known: bool = False
+    rejected: bytes | None = None  # the last bytes the check refused: not retried unchanged
+    reloaded: bool = False  # the first pass always reloads
+    reload_pending: bool = False
+    model: RoutingModel | None = None
+    last_pass_at: float | None = None
+    last_reload_at: float | None = None
+    last_reload_result: str | None = None
+    last_error: str | None = None
+    waiting_for_proxy: bool = False
+    retry_delay: float = RETRY_PASS_MIN
+    warned_skips: set[str] = field(default_factory=set)
+
+
+class Daemon:
+    def __init__(self, config: Config, client: DockerClient) -> None:
+        self.config = config
+        self.client = client
+        self.metrics = Metrics()
+        self.registry = Registry()
+        self.started_at = time.time()
+        self.targets = [
+            TargetState(config=target, template=load_template(target)) for target in config.targets
+        ]
+        self.watcher = Watcher(client, self.registry, self._on_change, resync=config.docker.resync)
+        self.debouncer = Debouncer(
+            self._run_pass, quiet=config.debounce.quiet, max_wait=config.debounce.max
+        )
+        self._pass_task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self.last_pass_ok: bool | None = None
+        self._skip_reasons_seen: set[str] = set()
+        self.passes_completed = 0
+
+    # -- events in --
+
+    def _on_change(self, change: Change) -> None:
+        self.debouncer.poke(urgent=change.urgent, event_time_ns=change.event_time_ns)
+
+    # -- passes --
+
+    async def _run_pass(self, event_times: list[int]) -> None:
+        # Shielded: a shutdown waits for a pass in flight rather than cutting a write short.
+        self._pass_task = asyncio.ensure_future(self._pass(event_times))
+        await asyncio.shield(self._pass_task)
+
+    async def _pass(self, event_times: list[int]) -> None:
+        self.metrics.passes.inc()
+        ok = True
+        for state in self.targets:
+            try:
+                ok = await self._sync_target(state, event_times) and ok
+            except Exception as exc:  # a bug must cost one pass, never the daemon
+                log.exception("target %s: pass failed unexpectedly", state.config.name)
+                state.last_error = f"internal error: {exc}"
+                ok = False
+        self.last_pass_ok = ok
+        self.passes_completed += 1
+
+    async def _sync_target(self, state: TargetState, event_times: list[int]) -> bool:
+        target = state.config
+        started = time.monotonic()
+        state.last_pass_at = time.time()
+        containers = self.registry.containers()
+        proxies = find_proxies(target, containers) if uses_containers(target) else []
+        if uses_containers(target) and not proxies:
+            if not state.waiting_for_proxy:
+                log.warning(
+                    "target %s: no running proxy container matches %s; waiting for it "
+                    "(nothing is written until it exists)",
+                    target.name,
+                    _describe_proxy(target),
+                )
+            state.waiting_for_proxy = True
+            state.last_error = "proxy container missing"
+            return False
+        if state.waiting_for_proxy:
+            log.info("target %s: proxy %s found", target.name, ", ".join(p.name for p in proxies))
+        state.waiting_for_proxy = False
+
+        proxy_networks = frozenset(n.name for n in proxies[0].networks) if proxies else frozenset()
+        model = build_model(
+            self.registry.entries(self.config.discovery),
+            self.config.discovery,
+            target,
+            proxy_networks,
+        )
+        self._report_model(state, model)
+        try:
+            data = render(state.template, model, target).encode()
+        except TemplateError as exc:
+            log.error("target %s: %s", target.name, exc)
+            state.last_error = str(exc)
+            return False
+        self.metrics.renders.labels(target.name).inc()
+
+        if not state.known:
+            try:
+                state.on_disk = await asyncio.to_thread(read_current, target.output)
+            except WriteError as exc:
+                log.error("target %s: %s", target.name, exc)
+                state.last_error = str(exc)
+                return False
+            state.known = True
+        changed = data != state.on_disk
+        if not changed and state.reloaded and not state.reload_pending:
+            state.last_error = None
+            state.model = model
+            return True
+        if changed:
+            if data == state.rejected:
+                log.debug("target %s: same config as the one refused; waiting", target.name)
+                return False
+            if not await self._write_and_check(state, data, proxies):
+                return False
+        ok = await self._reload(state, proxies, event_times)
+        if ok:
+            log.info(
+                "target %s: reloaded %s in %.0f ms: %s",
+                target.name,
+                ", ".join(p.name for p in proxies) or target.reload,
+                (time.monotonic() - started) * 1000,
+                _describe_change(state.model, model),
+            )
+            state.model = model
+        return ok
+
+    async def _write_and_check(
+        self, state: TargetState, data: bytes, proxies: list[Container]
+    ) -> bool:
+        target = state.config
+        previous = state.on_disk
+        try:
+            await asyncio.to_thread(write_atomic, target.output, data)
+        except WriteError as exc:
+            log.error("target %s: %s (the old file is untouched)", target.name, exc)
+            self.metrics.writes.labels(target.name, "error").inc()
+            state.last_error = f"write failed: {exc}"
+            return False
+        self.metrics.writes.labels(target.name, "ok").inc()
+        try:
+            await check(self.client, target, proxies)
+        except CheckFailed as exc:
+            self.metrics.check_failures.labels(target.name).inc()
+            state.rejected = data
+            state.last_error = f"check failed: {exc}"
+            try:
+                await asyncio.to_thread(restore, target.output, previous)
+            except WriteError as restore_exc:
+                log.error("target %s: cannot put the last good file back: %s",
+                          target.name, restore_exc)  # fmt: skip
+                state.known = False
+            log.error(
+                "target %s: the proxy's check refused the new config; the last good file "
+                "is back and the proxy was not reloaded:\n%s",
+                target.name,
+                exc,
+            )
+            return False
+        state.on_disk = data
+        state.rejected = None
+        state.reload_pending = True
+        return True
+
+    async def _reload(
+        self, state: TargetState, proxies: list[Container], event_times: list[int]
+    ) -> bool:
+        target = state.config
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(RELOAD_ATTEMPTS),
+            wait=tenacity.wait_exponential_jitter(initial=0.2, max=2.0),
+            retry=tenacity.retry_if_exception_type(ReloadFailed),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await reload(self.client, target, proxies)
+        except ReloadFailed as exc:
+            self.metrics.reloads.labels(target.name, "error").inc()
+            state.reload_pending = True
+            state.last_reload_result = "error"
+            state.last_error = f"reload failed: {exc}"
+            log.error("target %s: reload failed (retrying in %.0f s): %s",
+                      target.name, state.retry_delay, exc)  # fmt: skip
+            self._retry_later(state)
+            return False
+        now = time.time()
+        self.metrics.reloads.labels(target.name, "ok").inc()
+        for event_ns in event_times:
+            self.metrics.event_to_reload.labels(target.name).observe(max(0.0, now - event_ns / 1e9))
+        state.reloaded = True
+        state.reload_pending = False
+        state.last_reload_at = now
+        state.last_reload_result = "ok"
+        state.last_error = None
+        state.retry_delay = RETRY_PASS_MIN
+        return True
+
+    def _retry_later(self, state: TargetState) -> None:
+        delay = state.retry_delay
+        state.retry_delay = min(RETRY_PASS_MAX, delay * 2)
+        asyncio.get_running_loop().call_later(delay, self.debouncer.poke)
+
+    def _report_model(self, state: TargetState, model: RoutingModel) -> None:
+        name = state.config.name
+        self.metrics.upstreams.labels(name).set(len(model.upstreams))
+        self.metrics.servers.labels(name).set(sum(len(u.servers) for u in model.upstreams))
+        routed = {s.container.id for u in model.upstreams for s in u.servers}
+        self.metrics.containers_routed.labels(name).set(len(routed))
+        self.metrics.containers_discovered.set(len(model.containers))
+        by_reason: dict[str, int] = {}
+        current: set[str] = set()
+        for skip in model.skips:
+            by_reason[skip.reason] = by_reason.get(skip.reason, 0) + 1
+            key = f"{skip.container.id}:{skip.reason}"
+            current.add(key)
+            if key not in state.warned_skips:
+                # Once per container and reason, not on every pass. A stopped or unhealthy
+                # container is state, not a mistake: worth a line, not a warning.
+                level = logging.INFO if skip.reason in STATE_REASONS else logging.WARNING
+                log.log(level, "%s", skip.detail)
+        for warning in model.warnings:
+            current.add(warning)
+            if warning not in state.warned_skips:
+                log.warning("%s", warning)
+        state.warned_skips = current
+        for reason in set(by_reason) | self._skip_reasons_seen:
+            self.metrics.containers_skipped.labels(reason).set(by_reason.get(reason, 0))
+        self._skip_reasons_seen |= set(by_reason)
+
+    # -- health --
+
+    def health_problems(self) -> list[str]:
+        problems = []
+        if not self.watcher.connected:
+            since = self.watcher.disconnected_since
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)) if since else "start"
+            problems.append(
+                f"engine disconnected since {when}: {self.watcher.last_error or 'connecting'}"
+            )
+        for state in self.targets:
+            if state.last_error:
+                problems.append(f"target {state.config.name}: {state.last_error}")
+        return problems
+
+    # -- lifecycle --
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; 0 then, 1 on permission denied or a too-old API."""
+        from lbsync.server import start_server
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        runner = await start_server(self, self.config.server.host, self.config.server.port)
+        watcher_task = asyncio.create_task(self.watcher.run(), name="lbsync-watcher")
+        debounce_task = asyncio.create_task(self.debouncer.run(), name="lbsync-passes")
+        metrics_task = asyncio.create_task(self._track_connection(), name="lbsync-metrics")
+        stop_task = asyncio.create_task(self._stop.wait())
+        code = 0
+        try:
+            done, _ = await asyncio.wait(
+                {watcher_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if watcher_task in done:
+                exc = watcher_task.exception()
+                if isinstance(exc, PermissionDenied | ApiVersionTooOld):
+                    log.error("%s", exc)
+                    code = 1
+                elif exc is not None:
+                    log.error("the watcher stopped: %r", exc)
+                    code = 1
+            else:
+                log.info("stopping")
+        finally:
+            for task in (watcher_task, debounce_task, metrics_task, stop_task):
+                task.cancel()
+            if self._pass_task is not None and not self._pass_task.done():
+                log.info("finishing the pass in progress before exiting")
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(self._pass_task), SHUTDOWN_GRACE)
+            for task in (watcher_task, debounce_task, metrics_task, stop_task):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await runner.cleanup()
+            await self.client.close()
+        return code
+
+    async def _track_connection(self) -> None:
+        seen_reconnects = 0
+        while True:
+            self.metrics.engine_connected.set(1 if self.watcher.connected else 0)
+            if self.watcher.reconnects > seen_reconnects:
+                self.metrics.engine_reconnects.inc(self.watcher.reconnects - seen_reconnects)
+                seen_reconnects = self.watcher.reconnects
+            await asyncio.sleep(0.5)
+
+
+def _describe_proxy(target: TargetConfig) -> str:
+    proxy = target.proxy
+    if proxy.label is not None:
+        value = f"={proxy.label.value}" if proxy.label.value is not None else ""
+        return f"label {proxy.label.key}{value}"
+    if proxy.name is not None:
+        return f"name {proxy.name}"
+    return f"pid file {proxy.pid_file}"
+
+
+def _describe_change(before: RoutingModel | None, after: RoutingModel) -> str:
+    """`hosts +a.test -b.test; servers +web-2 -web-1`, or what is now served on a first pass."""
+
+    def hosts(model: RoutingModel | None) -> set[str]:
+        return {h.name for h in model.hosts} if model else set()
+
+    def servers(model: RoutingModel | None) -> set[str]:
+        if model is None:
+            return set()
+        return {f"{u.name}/{s.container.name}:{s.port}" for u in model.upstreams for s in u.servers}
+
+    parts = []
+    for label, old, new in (
+        ("hosts", hosts(before), hosts(after)),
+        ("servers", servers(before), servers(after)),
+    ):
+        added = sorted(new - old)
+        removed = sorted(old - new)
+        if added or removed:
+            parts.append(
+                label + " " + " ".join([f"+{x}" for x in added] + [f"-{x}" for x in removed])
+            )
+    if before is None:
+        return f"{len(after.hosts)} hosts, {sum(len(u.servers) for u in after.upstreams)} servers"
+    return "; ".join(parts) or "no routing change"

@@ -1,0 +1,67 @@
+"""Coalesce bursts of changes into passes: docker-gen's min/max debounce, plus urgency.
+
+A pass starts once `quiet` has passed with no new change, and never later than `max` after
+the first change of a burst. An urgent change (a container stopped serving) starts it at once:
+draining must not wait for the quiet window. Changes that arrive during a pass lead to one
+more pass after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+
+class Debouncer:
+    def __init__(
+        self,
+        run_pass: Callable[[list[int]], Awaitable[None]],
+        *,
+        quiet: float,
+        max_wait: float,
+    ) -> None:
+        self._run_pass = run_pass
+        self.quiet = quiet
+        self.max_wait = max_wait
+        self._wake = asyncio.Event()
+        self._pending = False
+        self._urgent = False
+        self._first_at = 0.0
+        self._last_at = 0.0
+        self._event_times: list[int] = []
+        self.passes = 0
+
+    def poke(self, *, urgent: bool = False, event_time_ns: int | None = None) -> None:
+        """Note a change; never blocks (called from the watcher's loop)."""
+        now = asyncio.get_running_loop().time()
+        if not self._pending:
+            self._first_at = now
+        self._pending = True
+        self._last_at = now
+        self._urgent = self._urgent or urgent
+        if event_time_ns:
+            self._event_times.append(event_time_ns)
+        self._wake.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._pending:
+                continue
+            while not self._urgent:
+                deadline = min(self._last_at + self.quiet, self._first_at + self.max_wait)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+                except TimeoutError:
+                    break
+                self._wake.clear()
+            event_times, self._event_times = self._event_times, []
+            self._pending = False
+            self._urgent = False
+            self.passes += 1
+            await self._run_pass(event_times)

@@ -1,0 +1,210 @@
+"""The proxy side of a pass: find the proxy, check a written config, reload and confirm.
+
+Finding is pure (over the registry's containers). Checking and reloading are I/O: exec or
+signals through the Docker API, a signal to a pid from a pid file (a shared PID namespace),
+or a local command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+
+from lbsync.config import TargetConfig
+from lbsync.docker_api import DockerClient, DockerError
+from lbsync.model import Container
+
+CHECK_TIMEOUT = 60.0
+RELOAD_CONFIRM_TIMEOUT = 5.0
+CONFIRM_POLL_INTERVAL = 0.05
+
+
+class CheckFailed(Exception):
+    """The proxy's checker refused the new config; the message is the checker's output."""
+
+
+class ReloadFailed(Exception):
+    """The reload could not be sent, or no new worker appeared after it."""
+
+
+class ProxyMissing(Exception):
+    """No running proxy container matches the target: nothing may be written yet."""
+
+
+def uses_containers(target: TargetConfig) -> bool:
+    """Does this target need a proxy container (rather than a pid file or local commands)?"""
+    if target.proxy.pid_file is not None:
+        return False
+    return target.check == "exec" or target.reload in ("signal", "exec")
+
+
+def find_proxies(target: TargetConfig, containers: Iterable[Container]) -> list[Container]:
+    """The running containers the target's `proxy` names, sorted by name (then id)."""
+    selector = target.proxy
+    found = []
+    for container in containers:
+        if container.state != "running":
+            continue
+        by_label = selector.label is not None and selector.label.matches(container.labels)
+        by_name = selector.name is not None and container.name == selector.name.lstrip("/")
+        if by_label or by_name:
+            found.append(container)
+    return sorted(found, key=lambda c: (c.name, c.id))
+
+
+# --- checks -------------------------------------------------------------------------------
+
+
+async def run_local(command: Sequence[str], timeout: float) -> tuple[int, str]:
+    """Run a local command; (exit code, combined output). A missing binary is exit 127."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+    except OSError as exc:
+        return 127, f"cannot run {command[0]!r}: {exc.strerror or exc}"
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        return 124, f"{' '.join(command)} did not finish within {timeout:g} s"
+    return process.returncode or 0, output.decode("utf-8", "replace").strip()
+
+
+async def check(client: DockerClient, target: TargetConfig, proxies: Sequence[Container]) -> None:
+    """Run the target's checker; raise CheckFailed with its output when it refuses."""
+    if target.check == "none":
+        return
+    if target.check == "command":
+        code, output = await run_local(target.check_command, CHECK_TIMEOUT)
+        if code != 0:
+            raise CheckFailed(output or f"{' '.join(target.check_command)} exited {code}")
+        return
+    for proxy in proxies:
+        try:
+            result = await client.exec(proxy.id, target.check_command, timeout=CHECK_TIMEOUT)
+        except DockerError as exc:
+            raise CheckFailed(f"cannot run the check in {proxy.name}: {exc}") from exc
+        if result.exit_code != 0:
+            raise CheckFailed(result.output or f"check exited {result.exit_code} in {proxy.name}")
+
+
+# --- reloads ------------------------------------------------------------------------------
+
+
+async def _container_pids(client: DockerClient, container_id: str) -> set[int]:
+    listing = await client.top(container_id)
+    titles = [str(t).upper() for t in listing.get("Titles") or []]
+    column = titles.index("PID") if "PID" in titles else 1
+    pids = set()
+    for row in listing.get("Processes") or []:
+        with contextlib.suppress(ValueError, IndexError, TypeError):
+            pids.add(int(row[column]))
+    return pids
+
+
+def _children_of(pid: int) -> set[int]:
+    """Pids whose parent is `pid`, from /proc (works in a shared PID namespace)."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            # The command may hold spaces or parentheses: fields start after the last ')'.
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[1]) == pid:
+                children.add(int(entry.name))
+    return children
+
+
+def read_pid_file(path: Path) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError) as exc:
+        raise ReloadFailed(f"cannot read a pid from {path}: {exc}") from exc
+
+
+async def _wait_for_new(
+    observe: Callable[[], Awaitable[set[int]]],
+    before: set[int],
+    what: str,
+    timeout: float = RELOAD_CONFIRM_TIMEOUT,
+) -> None:
+    """Poll until a pid not in `before` shows up (the proxy started new workers)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        now_pids = await observe()
+        if now_pids - before:
+            return
+        if loop.time() >= deadline:
+            raise ReloadFailed(
+                f"{what}: no new worker process within {timeout:g} s of the reload "
+                "(the proxy may have refused the new config: see its log)"
+            )
+        await asyncio.sleep(CONFIRM_POLL_INTERVAL)
+
+
+async def reload(client: DockerClient, target: TargetConfig, proxies: Sequence[Container]) -> None:
+    """Tell the proxy to load the new config and confirm it did (new worker processes)."""
+    mode = target.reload
+    if mode == "none":
+        return
+    if mode == "command":
+        code, output = await run_local(target.reload_command, CHECK_TIMEOUT)
+        if code != 0:
+            raise ReloadFailed(output or f"{' '.join(target.reload_command)} exited {code}")
+        return
+    if mode == "signal" and target.proxy.pid_file is not None:
+        await _reload_pid(target.proxy.pid_file, target.signal)
+        return
+    if mode in ("signal", "exec"):
+        for proxy in proxies:
+            await _reload_container(client, target, proxy)
+        return
+    raise ReloadFailed(f"reload mode {mode!r} is not available for this target yet")
+
+
+async def _reload_pid(pid_file: Path, signal_name: str) -> None:
+    pid = read_pid_file(pid_file)
+    before = await asyncio.to_thread(_children_of, pid)
+    try:
+        os.kill(pid, signal.Signals[f"SIG{signal_name}"])
+    except OSError as exc:
+        raise ReloadFailed(f"cannot signal pid {pid} from {pid_file}: {exc.strerror}") from exc
+
+    async def observe() -> set[int]:
+        return await asyncio.to_thread(_children_of, pid)
+
+    await _wait_for_new(observe, before, f"pid {pid} ({pid_file})")
+
+
+async def _reload_container(client: DockerClient, target: TargetConfig, proxy: Container) -> None:
+    try:
+        before = await _container_pids(client, proxy.id)
+        if target.reload == "signal":
+            await client.kill(proxy.id, target.signal)
+        else:
+            result = await client.exec(proxy.id, target.reload_command, timeout=CHECK_TIMEOUT)
+            if result.exit_code != 0:
+                raise ReloadFailed(
+                    f"{' '.join(target.reload_command)} in {proxy.name} exited "
+                    f"{result.exit_code}: {result.output}"
+                )
+    except DockerError as exc:
+        raise ReloadFailed(f"cannot reload {proxy.name}: {exc}") from exc
+
+    async def observe() -> set[int]:
+        return await _container_pids(client, proxy.id)
+
+    try:
+        await _wait_for_new(observe, before, f"proxy container {proxy.name}")
+    except DockerError as exc:
+        raise ReloadFailed(f"cannot confirm the reload of {proxy.name}: {exc}") from exc

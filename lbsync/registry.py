@@ -1,0 +1,112 @@
+"""The in-memory registry: every container the engine has, as last inspected.
+
+It also remembers containers that are being stopped (a terminating `kill` was seen) so they
+leave the pool before the engine reports them dead, and keeps each container's parsed labels
+so a pass never re-parses a container whose labels did not change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from lbsync.config import DiscoveryConfig
+from lbsync.model import Container
+from lbsync.routing import ParsedEntry, parse_entry
+
+#: The state a container is shown in between a terminating signal and its `die`.
+STOPPING = "stopping"
+
+
+def is_serving(container: Container | None) -> bool:
+    """Could this container be getting traffic (ignoring labels and addresses)?"""
+    return (
+        container is not None
+        and container.state == "running"
+        and container.health in ("healthy", "none")
+    )
+
+
+class Registry:
+    """Containers by id. Mutated only by the watcher; read by passes as a snapshot."""
+
+    def __init__(self) -> None:
+        self._containers: dict[str, Container] = {}
+        # id -> StartedAt of the run that was told to stop; a new run clears the mark.
+        self._stopping: dict[str, str] = {}
+        self._entries: dict[str, ParsedEntry] = {}
+        self.generation = 0  # bumps on every change, so a pass can tell it saw the latest
+
+    def __len__(self) -> int:
+        return len(self._containers)
+
+    def __contains__(self, container_id: object) -> bool:
+        return container_id in self._containers
+
+    def get(self, container_id: str) -> Container | None:
+        """The container as passes see it (a stopping one shows state `stopping`)."""
+        container = self._containers.get(container_id)
+        if container is None or container_id not in self._stopping:
+            return container
+        return dataclasses.replace(container, state=STOPPING)
+
+    def raw(self, container_id: str) -> Container | None:
+        return self._containers.get(container_id)
+
+    def upsert(self, container: Container) -> bool:
+        """Store a fresh inspect; True when anything a pass reads changed."""
+        stopping_run = self._stopping.get(container.id)
+        if stopping_run is not None and (
+            container.state != "running" or container.started_at != stopping_run
+        ):
+            # It died, or it is a new run (restart): the stop mark has done its job.
+            del self._stopping[container.id]
+        before = self._containers.get(container.id)
+        if before == container:
+            return False
+        self._containers[container.id] = container
+        self.generation += 1
+        return True
+
+    def remove(self, container_id: str) -> bool:
+        self._stopping.pop(container_id, None)
+        self._entries.pop(container_id, None)
+        if self._containers.pop(container_id, None) is None:
+            return False
+        self.generation += 1
+        return True
+
+    def mark_stopping(self, container_id: str) -> bool:
+        """A terminating signal was sent: take it out of the pool now. True if that changed."""
+        container = self._containers.get(container_id)
+        if container is None or container_id in self._stopping or container.state != "running":
+            return False
+        self._stopping[container_id] = container.started_at
+        self.generation += 1
+        return True
+
+    def replace_all(self, containers: Iterable[Container]) -> bool:
+        """Reconcile with a full listing: add, update and drop. True when anything changed."""
+        fresh = {c.id: c for c in containers}
+        changed = False
+        for gone in set(self._containers) - set(fresh):
+            changed = self.remove(gone) or changed
+        for container in fresh.values():
+            changed = self.upsert(container) or changed
+        return changed
+
+    def containers(self) -> list[Container]:
+        """Every container, stopping ones shown as such, in no particular order."""
+        return [self.get(cid) or c for cid, c in self._containers.items()]
+
+    def entries(self, discovery: DiscoveryConfig) -> list[ParsedEntry]:
+        """Every container with its parsed labels; labels are parsed again only on change."""
+        result = []
+        cache = self._entries
+        for cid in self._containers:
+            container = self.get(cid)
+            assert container is not None
+            entry = parse_entry(container, discovery, cache.get(cid))
+            cache[cid] = entry
+            result.append(entry)
+        return result
