@@ -21,10 +21,8 @@ from lbsync.proxy import find_proxies
 from lbsync.registry import Registry
 from lbsync.render import CompiledTemplate, TemplateError, load_template, render
 from lbsync.routing import build_model
+from lbsync.watcher import CONTAINER_ACTIONS, REMOVED_ACTIONS, StreamEnd, subscribed_events
 from lbsync.writer import read_current
-
-#: Container actions lbsync acts on; health probes' exec_* events are noise to it.
-IGNORED_ACTIONS = frozenset({"exec_create", "exec_start", "exec_die", "exec_detach"})
 
 
 class UserError(Exception):
@@ -92,14 +90,20 @@ async def describe_container(client: DockerClient, container_id: str, config: Co
 
 async def follow_events(config: Config, out: TextIO = sys.stdout) -> None:
     """`lbsync events`: follow container events until interrupted."""
-    async with client_for(config) as client:
-        async for event in client.events(filters={"type": ["container"]}):
-            if event.base_action in IGNORED_ACTIONS:
-                continue
+    async with (
+        client_for(config) as client,
+        subscribed_events(client, filters={"type": ["container"]}) as queue,
+    ):
+        while True:
+            item = await queue.get()
+            if isinstance(item, StreamEnd):
+                raise item.error
+            if item.base_action not in CONTAINER_ACTIONS:
+                continue  # exec_* of health probes and the like: lbsync ignores them too
             details = ""
-            if event.action != "destroy":
-                details = await describe_container(client, event.actor_id, config)
-            print(format_event(event, config.discovery, details), file=out, flush=True)
+            if item.base_action not in REMOVED_ACTIONS:
+                details = await describe_container(client, item.actor_id, config)
+            print(format_event(item, config.discovery, details), file=out, flush=True)
 
 
 def load_templates(config: Config) -> dict[str, CompiledTemplate]:

@@ -6,6 +6,7 @@ a person what to do; the events stream never ends silently unless `until` was as
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
@@ -501,11 +502,14 @@ class DockerClient:
         since: str | None = None,
         until: str | None = None,
         filters: Mapping[str, Sequence[str]] | None = None,
+        subscribed: asyncio.Event | None = None,
     ) -> AsyncGenerator[Event, None]:
         """The engine's events, one parsed `Event` per line.
 
         Without `until` the stream is endless: its end, a line cut short or a line that is
         not JSON raises `StreamError`, so a caller can never mistake a lost stream for quiet.
+        `subscribed` is set once the engine answered the request: from then on it records
+        every event for us, which is what list-after-subscribe relies on.
         """
         params: dict[str, str] = {}
         if since is not None:
@@ -515,6 +519,8 @@ class DockerClient:
         if filters:
             params["filters"] = json.dumps({k: list(v) for k, v in filters.items()})
         async with self._request("GET", "/events", params=params, timeout=None) as response:
+            if subscribed is not None:
+                subscribed.set()
             while True:
                 try:
                     line = await response.content.readline()

@@ -315,8 +315,8 @@ def _invalid(
     return None
 
 
-def _has_entry(value: str | None) -> bool:
-    return value is not None and any(part.strip() for part in value.split(","))
+def _has_entry(value: str) -> bool:
+    return any(part.strip() for part in value.split(","))
 
 
 def parse_services(container: Container, discovery: DiscoveryConfig) -> ParsedContainer:
@@ -424,20 +424,24 @@ def _parse(
     env_src: dict[str, str] | None = None
     compat_port = False
     if discovery.compat == "nginx-proxy":
+        # The env vars stand in for absent default-service labels. VIRTUAL_HOST opts the
+        # container in and makes it an nginx-proxy container: port 80 when neither
+        # VIRTUAL_PORT (nor the port label) nor a single exposed port decides.
         env = container.env
         vhost = env.get(_ENV_HOST)
-        if _has_entry(vhost):
+        is_virtual = vhost is not None and _has_entry(vhost)
+        if is_virtual:
             enabled = True
-            assert vhost is not None
             if default is None:
                 default = {}
+        if default is not None:
             env_src = {}
             for label_key, env_key in _ENV_KEYS:
                 env_value = env.get(env_key)
                 if label_key not in default and env_value is not None and env_value.strip():
                     default[label_key] = env_value.strip() if label_key != "host" else env_value
                     env_src[label_key] = env_key
-            compat_port = "port" not in default
+            compat_port = is_virtual and "port" not in default
 
     if not enabled:
         return NOT_ENABLED

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import tenacity
@@ -27,6 +27,7 @@ from lbsync.docker_api import (
     Event,
     NotFound,
     PermissionDenied,
+    StreamError,
 )
 from lbsync.model import Container
 from lbsync.registry import Registry, is_serving
@@ -46,6 +47,7 @@ NETWORK_ACTIONS = frozenset({"connect", "disconnect"})
 #: Signals that end a process unless it handles them; the container's own StopSignal too.
 TERMINATING_SIGNALS = frozenset({"TERM", "INT", "QUIT", "KILL"})
 INSPECT_CONCURRENCY = 16
+WATCHED_TYPES: Mapping[str, Sequence[str]] = {"type": ["container", "network"]}
 
 
 def signal_name(value: str) -> str:
@@ -80,11 +82,53 @@ class Change:
     reason: str
 
 
-class _StreamEnd:
+class StreamEnd:
     """Placed on the queue by the reader when the stream fails."""
 
-    def __init__(self, error: BaseException) -> None:
+    def __init__(self, error: DockerError) -> None:
         self.error = error
+
+
+EventQueue = asyncio.Queue[Event | StreamEnd]
+
+
+@contextlib.asynccontextmanager
+async def subscribed_events(
+    client: DockerClient, *, since: str | None = None, filters: Mapping[str, Sequence[str]]
+) -> AsyncIterator[EventQueue]:
+    """Subscribe, wait until the engine has the subscription, then read in a task of its own.
+
+    The engine drops a subscriber that does not read for 100 ms, so nothing slow (a pass, an
+    inspect, a print) may sit between two reads: the task only moves events onto a queue.
+    A failure of the stream arrives on the queue as a `StreamEnd`.
+    """
+    queue: EventQueue = asyncio.Queue()
+    ready = asyncio.Event()
+    stream = client.events(since=since, filters=filters, subscribed=ready)
+
+    async def pump() -> None:
+        try:
+            async for event in stream:
+                queue.put_nowait(event)
+            queue.put_nowait(StreamEnd(StreamError("the events stream ended")))
+        except DockerError as exc:
+            queue.put_nowait(StreamEnd(exc))
+
+    task = asyncio.create_task(pump(), name="lbsync-events-reader")
+    try:
+        ready_wait = asyncio.create_task(ready.wait())
+        await asyncio.wait({task, ready_wait}, return_when=asyncio.FIRST_COMPLETED)
+        ready_wait.cancel()
+        if not ready.is_set():
+            item = queue.get_nowait()
+            raise item.error if isinstance(item, StreamEnd) else StreamError("no subscription")
+        yield queue
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, DockerError):
+            await task
+        with contextlib.suppress(Exception):
+            await stream.aclose()
 
 
 class Watcher:
@@ -161,8 +205,11 @@ class Watcher:
 
     async def _session(self) -> None:
         await self._connect_with_backoff()
-        queue: asyncio.Queue[Event | _StreamEnd] = asyncio.Queue()
-        async with self._reader(queue):
+        since = None
+        if self._last_event_ns is not None:
+            seconds, nanos = divmod(self._last_event_ns, 1_000_000_000)
+            since = f"{seconds}.{nanos:09d}"
+        async with subscribed_events(self.client, since=since, filters=WATCHED_TYPES) as queue:
             await self.relist("reconnect" if self.listed.is_set() else "start")
             if not self.connected:
                 log.info("connected to the engine at %s (API %d.%d)", self.client.endpoint.url,
@@ -172,39 +219,6 @@ class Watcher:
             self.last_error = None
             self.listed.set()
             await self._follow(queue)
-
-    @contextlib.asynccontextmanager
-    async def _reader(self, queue: asyncio.Queue[Event | _StreamEnd]) -> AsyncIterator[None]:
-        """Read the stream in its own task: a slow pass must never stall it."""
-        since = None
-        if self._last_event_ns is not None:
-            seconds, nanos = divmod(self._last_event_ns, 1_000_000_000)
-            since = f"{seconds}.{nanos:09d}"
-        stream = self.client.events(since=since, filters={"type": ["container", "network"]})
-        # Open the stream before listing: the first read sends the request.
-        first = asyncio.ensure_future(anext(stream))
-
-        async def pump() -> None:
-            try:
-                queue.put_nowait(await first)
-                async for event in stream:
-                    queue.put_nowait(event)
-            except DockerError as exc:
-                queue.put_nowait(_StreamEnd(exc))
-            except StopAsyncIteration:
-                queue.put_nowait(_StreamEnd(DockerError("the events stream ended")))
-
-        # Wait until the request is on the wire (or failed) before listing.
-        await asyncio.sleep(0)
-        task = asyncio.create_task(pump(), name="lbsync-events-reader")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, DockerError):
-                await task
-            with contextlib.suppress(Exception):
-                await stream.aclose()
 
     # -- listing --
 
@@ -248,7 +262,7 @@ class Watcher:
 
     # -- following --
 
-    async def _follow(self, queue: asyncio.Queue[Event | _StreamEnd]) -> None:
+    async def _follow(self, queue: EventQueue) -> None:
         loop = asyncio.get_running_loop()
         next_resync = loop.time() + self.resync if self.resync > 0 else None
         while True:
@@ -265,10 +279,9 @@ class Watcher:
             events = [item for item in batch if isinstance(item, Event)]
             if events:
                 await self.apply(events)
-            ends = [item for item in batch if isinstance(item, _StreamEnd)]
+            ends = [item for item in batch if isinstance(item, StreamEnd)]
             if ends:
-                error = ends[0].error
-                raise error if isinstance(error, DockerError) else DockerError(str(error))
+                raise ends[0].error
 
     async def apply(self, events: list[Event]) -> None:
         """Apply a batch of events: at most one inspect per container named in it."""

@@ -458,6 +458,19 @@ CASES: dict[str, Case] = {
         env={"VIRTUAL_HOST": "env.test"},
         discovery=NP,
     ),
+    "compat-env-port-fills-label-service": Case(
+        {"lbsync.enable": "true", "lbsync.host": "a.test"},
+        (svc("a.test", 3000),),
+        env={"VIRTUAL_PORT": "3000"},
+        exposed=(80, 443),
+        discovery=NP,
+    ),
+    "compat-no-port-80-without-virtual-host": Case(
+        {"lbsync.enable": "true", "lbsync.host": "a.test"},
+        skips=(AMBIGUOUS_PORT,),
+        exposed=(80, 443),
+        discovery=NP,
+    ),
     "compat-regex-host": Case(
         {}, skips=(UNSUPPORTED_HOST,), env={"VIRTUAL_HOST": "~^api\\..*\\.test$"}, discovery=NP
     ),

@@ -9,17 +9,20 @@ import hashlib
 import os
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import FrozenInstanceError, dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import pytest
 
+from lbsync import routing
 from lbsync.config import DiscoveryConfig, LabelSelector, TargetConfig
 from lbsync.labels import INVALID_LABEL
 from lbsync.model import (
     Container,
+    ContainerRef,
+    DiscoveredContainer,
     NetworkAttachment,
     PublishedPort,
     RoutingModel,
@@ -510,6 +513,13 @@ def test_explicit_upstream_claimed_by_two_groups_first_keeps_it() -> None:
     )
 
 
+def test_explicit_upstream_names_clash_ignoring_case() -> None:
+    model = build(ctr("web-a", "a.test", upstream="App"), ctr("web-b", "b.test", upstream="app"))
+    names = {h.name: h.routes[0].upstream.name for h in model.hosts}
+    assert names == {"a.test": "App", "b.test": derived_upstream_name("b.test", "/")}
+    assert len(model.warnings) == 1
+
+
 def test_explicit_upstream_on_one_service_with_several_hosts_is_shared() -> None:
     model = build(
         ctr("web-1", "a.test,www.a.test", upstream="site"),
@@ -556,6 +566,20 @@ def test_two_services_of_one_container_in_one_group() -> None:
 def test_weight_is_per_server() -> None:
     model = build(ctr("web-1", weight="5"), ctr("web-2", weight="1", ip="172.20.0.3"))
     assert servers(model) == [("web-1", "172.20.0.2", 80, 5), ("web-2", "172.20.0.3", 80, 1)]
+
+
+def test_fast_constructors_match_the_dataclasses() -> None:
+    assert routing._SERVER_SET and routing._REF_SET and routing._DISCOVERED_SET
+    ref = routing._ref("i" * 64, "web-1")
+    assert ref == ContainerRef("i" * 64, "web-1") and hash(ref) == hash(ref)
+    assert routing._server("172.20.0.2", 80, 3, ref) == Server("172.20.0.2", 80, 3, ref)
+    c = ctr("web-1")
+    services = parse_entry(c, D).parsed.services
+    assert routing._discovered(c, services) == DiscoveredContainer(
+        c.id, c.name, c.labels, c.health, services
+    )
+    with pytest.raises(FrozenInstanceError):
+        ref.name = "x"  # type: ignore[misc]
 
 
 def test_server_carries_container_ref() -> None:

@@ -1,0 +1,101 @@
+"""The debouncer: quiet window, max wait, urgency, and changes during a pass."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from lbsync.debounce import Debouncer
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.passes: list[tuple[float, list[int]]] = []
+        self.hold = asyncio.Event()
+        self.hold.set()
+
+    async def __call__(self, event_times: list[int]) -> None:
+        self.passes.append((asyncio.get_running_loop().time(), event_times))
+        await self.hold.wait()
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[Recorder]:
+    yield Recorder()
+
+
+async def _run(debouncer: Debouncer) -> asyncio.Task[None]:
+    task = asyncio.create_task(debouncer.run())
+    await asyncio.sleep(0)
+    return task
+
+
+async def _wait_passes(recorder: Recorder, count: int, timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        while len(recorder.passes) < count:
+            await asyncio.sleep(0.005)
+
+
+async def test_burst_coalesces_into_one_pass(recorder: Recorder) -> None:
+    debouncer = Debouncer(recorder, quiet=0.05, max_wait=1.0)
+    task = await _run(debouncer)
+    for i in range(10):
+        debouncer.poke(event_time_ns=i + 1)
+        await asyncio.sleep(0.01)
+    await _wait_passes(recorder, 1)
+    await asyncio.sleep(0.1)
+    task.cancel()
+    assert len(recorder.passes) == 1
+    assert recorder.passes[0][1] == list(range(1, 11))
+
+
+async def test_quiet_window_is_waited(recorder: Recorder) -> None:
+    debouncer = Debouncer(recorder, quiet=0.1, max_wait=1.0)
+    task = await _run(debouncer)
+    start = asyncio.get_running_loop().time()
+    debouncer.poke()
+    await _wait_passes(recorder, 1)
+    task.cancel()
+    assert recorder.passes[0][0] - start >= 0.09
+
+
+async def test_max_wait_bounds_a_steady_stream(recorder: Recorder) -> None:
+    debouncer = Debouncer(recorder, quiet=0.1, max_wait=0.2)
+    task = await _run(debouncer)
+    start = asyncio.get_running_loop().time()
+    # Pokes every 30 ms never leave a 100 ms quiet gap: only max_wait ends the wait.
+    while not recorder.passes:
+        debouncer.poke()
+        await asyncio.sleep(0.03)
+        assert asyncio.get_running_loop().time() - start < 1.0
+    task.cancel()
+    assert 0.19 <= recorder.passes[0][0] - start < 0.5
+
+
+async def test_urgent_skips_the_quiet_window(recorder: Recorder) -> None:
+    debouncer = Debouncer(recorder, quiet=5.0, max_wait=10.0)
+    task = await _run(debouncer)
+    start = asyncio.get_running_loop().time()
+    debouncer.poke()
+    await asyncio.sleep(0.01)
+    debouncer.poke(urgent=True)
+    await _wait_passes(recorder, 1)
+    task.cancel()
+    assert recorder.passes[0][0] - start < 0.5
+
+
+async def test_change_during_a_pass_runs_one_more(recorder: Recorder) -> None:
+    debouncer = Debouncer(recorder, quiet=0.01, max_wait=0.1)
+    task = await _run(debouncer)
+    recorder.hold.clear()
+    debouncer.poke(event_time_ns=1)
+    await _wait_passes(recorder, 1)
+    debouncer.poke(event_time_ns=2)
+    debouncer.poke(event_time_ns=3)
+    recorder.hold.set()
+    await _wait_passes(recorder, 2)
+    await asyncio.sleep(0.05)
+    task.cancel()
+    assert [times for _, times in recorder.passes] == [[1], [2, 3]]

@@ -1,0 +1,146 @@
+"""The registry and the watcher's pure decisions (which kill drains, which events matter)."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
+
+import pytest
+
+from lbsync.config import DiscoveryConfig
+from lbsync.docker_api import Event
+from lbsync.model import Container
+from lbsync.registry import STOPPING, Registry, is_serving
+from lbsync.watcher import Watcher, is_terminating_kill, signal_name
+
+
+def make(cid: str = "a" * 64, **changes: object) -> Container:
+    base = Container(
+        id=cid,
+        name="web",
+        created_ns=1,
+        labels=MappingProxyType(
+            {"lbsync.enable": "true", "lbsync.host": "a.test", "lbsync.port": "80"}
+        ),
+        started_at="2026-01-01T00:00:00Z",
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def kill(signal: str | None, cid: str = "a" * 64) -> Event:
+    attributes = {"name": "web"} if signal is None else {"name": "web", "signal": signal}
+    return Event(
+        type="container", action="kill", actor_id=cid, attributes=MappingProxyType(attributes)
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        ("15", "TERM"),
+        ("SIGTERM", "TERM"),
+        ("term", "TERM"),
+        ("9", "KILL"),
+        ("1", "HUP"),
+        ("SIGUSR2", "USR2"),
+        ("999", "999"),
+    ],
+)
+def test_signal_name(value: str, name: str) -> None:
+    assert signal_name(value) == name
+
+
+@pytest.mark.parametrize(
+    ("signal", "stop_signal", "drains"),
+    [
+        pytest.param("15", "SIGTERM", True, id="term"),
+        pytest.param("2", "SIGTERM", True, id="int"),
+        pytest.param("3", "SIGTERM", True, id="quit"),
+        pytest.param("9", "SIGTERM", True, id="kill"),
+        pytest.param("1", "SIGTERM", False, id="hup-is-a-reload"),
+        pytest.param("10", "SIGTERM", False, id="usr1-is-a-reload"),
+        pytest.param("12", "SIGTERM", False, id="usr2-is-a-reload"),
+        pytest.param("28", "SIGWINCH", True, id="own-stop-signal"),
+        pytest.param("28", "SIGTERM", False, id="winch-not-its-stop-signal"),
+        pytest.param(None, "SIGTERM", False, id="podman-no-signal-attribute"),
+    ],
+)
+def test_terminating_kill(signal: str | None, stop_signal: str, drains: bool) -> None:
+    assert is_terminating_kill(kill(signal), make(stop_signal=stop_signal)) is drains
+
+
+def test_mark_stopping_takes_it_out_until_a_new_run() -> None:
+    registry = Registry()
+    registry.upsert(make())
+    assert is_serving(registry.get("a" * 64))
+    assert registry.mark_stopping("a" * 64)
+    assert not registry.mark_stopping("a" * 64)  # once
+    shown = registry.get("a" * 64)
+    assert shown is not None and shown.state == STOPPING and not is_serving(shown)
+    # An inspect of the same run while it is still shutting down keeps it out.
+    registry.upsert(make(health="healthy"))
+    assert not is_serving(registry.get("a" * 64))
+    # A new run (restart) clears the mark.
+    registry.upsert(make(started_at="2026-01-01T00:01:00Z"))
+    assert is_serving(registry.get("a" * 64))
+
+
+def test_stop_mark_cleared_when_it_died() -> None:
+    registry = Registry()
+    registry.upsert(make())
+    registry.mark_stopping("a" * 64)
+    registry.upsert(make(state="exited"))
+    registry.upsert(make())  # started again, same StartedAt cannot happen, but state rules
+    assert is_serving(registry.get("a" * 64))
+
+
+def test_upsert_reports_changes_only() -> None:
+    registry = Registry()
+    assert registry.upsert(make())
+    assert not registry.upsert(make())
+    assert registry.upsert(make(health="unhealthy"))
+
+
+def test_replace_all_reconciles() -> None:
+    registry = Registry()
+    registry.upsert(make("a" * 64))
+    registry.upsert(make("b" * 64))
+    assert registry.replace_all([make("b" * 64), make("c" * 64)])
+    assert {c.id[0] for c in registry.containers()} == {"b", "c"}
+    assert not registry.replace_all([make("b" * 64), make("c" * 64)])
+
+
+def test_entries_parse_once_per_label_change() -> None:
+    registry = Registry()
+    registry.upsert(make())
+    discovery = DiscoveryConfig()
+    first = registry.entries(discovery)[0]
+    registry.upsert(make(health="healthy"))
+    second = registry.entries(discovery)[0]
+    assert second.parsed is first.parsed  # state changed, labels did not: no re-parse
+    relabelled = {"lbsync.enable": "true", "lbsync.host": "b.test", "lbsync.port": "80"}
+    registry.upsert(make(labels=MappingProxyType(relabelled)))
+    third = registry.entries(discovery)[0]
+    assert third.parsed is not first.parsed
+    assert third.parsed.services[0].hosts == ("b.test",)
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        pytest.param(Event("container", "start", "x"), "x", id="start"),
+        pytest.param(Event("container", "health_status: healthy", "x"), "x", id="health"),
+        pytest.param(Event("container", "health_status", "x"), "x", id="podman-health"),
+        pytest.param(Event("container", "exec_start: sh -c true", "x"), None, id="exec-ignored"),
+        pytest.param(Event("container", "remove", "x"), "x", id="podman-remove"),
+        pytest.param(
+            Event("network", "connect", "n", MappingProxyType({"container": "x"})),
+            "x",
+            id="network-connect",
+        ),
+        pytest.param(Event("network", "create", "n"), None, id="network-create-ignored"),
+        pytest.param(Event("image", "pull", "i"), None, id="image-ignored"),
+    ],
+)
+def test_which_events_name_a_container(event: Event, expected: str | None) -> None:
+    assert Watcher._container_of(event) == expected
