@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.command == "render":
             asyncio.run(commands.render_once(config, target=args.target, diff=args.diff))
         elif args.command == "run":
-            raise SystemExit(commands.run_daemon(config))
+            raise SystemExit(commands.run_daemon(config, args.config))
     except commands.UserError as exc:
         fail(str(exc), EXIT_CONFIG)
     except DockerError as exc:

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TextIO
 
 from lbsync.config import Config, DiscoveryConfig
@@ -167,13 +168,13 @@ async def render_once(
         out.write(text)
 
 
-def run_daemon(config: Config) -> int:
+def run_daemon(config: Config, config_path: Path | None = None) -> int:
     """`lbsync run`: set up logging, run until SIGTERM/SIGINT."""
     setup_logging(config.log)
     load_templates(config)
 
     async def main() -> int:
-        daemon = Daemon(config, client_for(config))
+        daemon = Daemon(config, client_for(config), config_path=config_path)
         try:
             return await daemon.run()
         except OSError as exc:

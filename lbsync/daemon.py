@@ -10,17 +10,21 @@ a bad event, label, template, check or reload.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import tenacity
 
-from lbsync.config import Config, TargetConfig
+from lbsync.config import Config, ConfigError, TargetConfig, load_config
 from lbsync.debounce import Debouncer
 from lbsync.docker_api import ApiVersionTooOld, DockerClient, PermissionDenied
+from lbsync.logs import setup_logging
 from lbsync.metrics import Metrics
 from lbsync.model import Container, RoutingModel
 from lbsync.proxy import (
@@ -43,7 +47,19 @@ RELOAD_ATTEMPTS = 3
 RETRY_PASS_MIN = 1.0
 RETRY_PASS_MAX = 30.0
 SHUTDOWN_GRACE = 30.0
+RECENT_CHANGES = 50
+FILE_POLL_INTERVAL = 1.0  # stat() of a few files a second: simpler than inotify, as prompt
 STATE_REASONS = frozenset({NOT_RUNNING, NOT_HEALTHY})
+
+
+@dataclass(frozen=True, slots=True)
+class RecentChange:
+    """One reload, for the status page's "recent changes"."""
+
+    at: float
+    target: str
+    change: str
+    duration_ms: float
 
 
 @dataclass
@@ -68,8 +84,12 @@ class TargetState:
 
 
 class Daemon:
-    def __init__(self, config: Config, client: DockerClient) -> None:
+    def __init__(
+        self, config: Config, client: DockerClient, *, config_path: Path | None = None
+    ) -> None:
         self.config = config
+        self.config_path = config_path  # what `-c` named: SIGHUP re-runs the same search
+        self.config_error: str | None = None
         self.client = client
         self.metrics = Metrics()
         self.registry = Registry()
@@ -86,6 +106,7 @@ class Daemon:
         self.last_pass_ok: bool | None = None
         self._skip_reasons_seen: set[str] = set()
         self.passes_completed = 0
+        self.changes: collections.deque[RecentChange] = collections.deque(maxlen=RECENT_CHANGES)
 
     # -- events in --
 
@@ -170,12 +191,17 @@ class Daemon:
                 return False
         ok = await self._reload(state, proxies, event_times)
         if ok:
+            change = _describe_change(state.model, model)
+            elapsed_ms = (time.monotonic() - started) * 1000
             log.info(
                 "target %s: reloaded %s in %.0f ms: %s",
                 target.name,
                 ", ".join(p.name for p in proxies) or target.reload,
-                (time.monotonic() - started) * 1000,
-                _describe_change(state.model, model),
+                elapsed_ms,
+                change,
+            )
+            self.changes.appendleft(
+                RecentChange(time.time(), target.name, change, round(elapsed_ms, 1))
             )
             state.model = model
         return ok
@@ -284,10 +310,79 @@ class Daemon:
             self.metrics.containers_skipped.labels(reason).set(by_reason.get(reason, 0))
         self._skip_reasons_seen |= set(by_reason)
 
+    # -- live config --
+
+    def reload_config(self, reason: str) -> bool:
+        """Re-read the config and templates; keep the running ones if anything is wrong."""
+        try:
+            new = load_config(self.config_path, os.environ)
+            templates = [load_template(target) for target in new.targets]
+        except (ConfigError, TemplateError) as exc:
+            lines = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            where = f"{exc.source}: " if isinstance(exc, ConfigError) and exc.source else ""
+            self.config_error = where + "; ".join(lines)
+            log.error(
+                "config not reloaded (%s), the running one stays:\n%s",
+                reason,
+                "\n".join(f"  {where}{line}" for line in lines),
+            )
+            return False
+        old = self.config
+        if (old.docker, old.server) != (new.docker, new.server):
+            log.warning("docker.* and server.* changes take effect when lbsync restarts")
+        states = {state.config.name: state for state in self.targets}
+        targets = []
+        for target, template in zip(new.targets, templates, strict=True):
+            state = states.get(target.name)
+            if state is None or state.config.output != target.output:
+                state = TargetState(config=target, template=template)
+            else:
+                state.config = target
+                state.template = template
+                state.rejected = None
+            targets.append(state)
+        self.targets = targets
+        self.config = new
+        self.config_error = None
+        self.debouncer.quiet = new.debounce.quiet
+        self.debouncer.max_wait = new.debounce.max
+        self.watcher.resync = new.docker.resync
+        setup_logging(new.log)
+        log.info("config reloaded (%s): %d target(s)", reason, len(targets))
+        self.debouncer.poke()
+        return True
+
+    def watched_files(self) -> list[Path]:
+        """The config file and every user template: an edit of any of them re-reads all."""
+        paths = [self.config.source] if self.config.source else []
+        paths += [s.template.path for s in self.targets if not s.template.is_builtin]
+        return [p for p in paths if p is not None]
+
+    async def _watch_files(self) -> None:
+        def fingerprint() -> tuple[tuple[int, int, int] | None, ...]:
+            result: list[tuple[int, int, int] | None] = []
+            for path in self.watched_files():
+                try:
+                    st = path.stat()
+                    result.append((st.st_mtime_ns, st.st_size, st.st_ino))
+                except OSError:
+                    result.append(None)
+            return tuple(result)
+
+        last = fingerprint()
+        while True:
+            await asyncio.sleep(FILE_POLL_INTERVAL)
+            now = fingerprint()
+            if now != last:
+                self.reload_config("a watched file changed")
+                last = fingerprint()
+
     # -- health --
 
     def health_problems(self) -> list[str]:
         problems = []
+        if self.config_error:
+            problems.append(f"config not reloaded: {self.config_error}")
         if not self.watcher.connected:
             since = self.watcher.disconnected_since
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)) if since else "start"
@@ -311,10 +406,12 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_config, "SIGHUP")
         runner = await start_server(self, self.config.server.host, self.config.server.port)
         watcher_task = asyncio.create_task(self.watcher.run(), name="lbsync-watcher")
         debounce_task = asyncio.create_task(self.debouncer.run(), name="lbsync-passes")
         metrics_task = asyncio.create_task(self._track_connection(), name="lbsync-metrics")
+        files_task = asyncio.create_task(self._watch_files(), name="lbsync-config-watch")
         stop_task = asyncio.create_task(self._stop.wait())
         code = 0
         try:
@@ -332,13 +429,13 @@ class Daemon:
             else:
                 log.info("stopping")
         finally:
-            for task in (watcher_task, debounce_task, metrics_task, stop_task):
+            for task in (watcher_task, debounce_task, metrics_task, files_task, stop_task):
                 task.cancel()
             if self._pass_task is not None and not self._pass_task.done():
                 log.info("finishing the pass in progress before exiting")
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(self._pass_task), SHUTDOWN_GRACE)
-            for task in (watcher_task, debounce_task, metrics_task, stop_task):
+            for task in (watcher_task, debounce_task, metrics_task, files_task, stop_task):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await runner.cleanup()

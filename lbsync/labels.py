@@ -18,6 +18,14 @@ Label keys under the prefix (`lbsync` by default):
 * any other key under the prefix with one part (`lbsync.public`, `lbsync.proxy`) or three and
   more parts is not ours and is ignored; `<prefix>.<name>.<unknown>` is a typo and skips
   service `<name>`.
+
+`enable` is `true` or `false` (any case, surrounding spaces ignored); any other value is an
+invalid label and the container is not enabled. With `discovery.compat == "nginx-proxy"`,
+`VIRTUAL_HOST`, `VIRTUAL_PORT` and `VIRTUAL_PATH` stand in for the default service's absent
+host, port and path labels; a non-empty `VIRTUAL_HOST` opts the container in (an explicit
+`enable=false` still wins), and such a container with neither a port label, `VIRTUAL_PORT`
+nor a single exposed port gets port 80. Regex (`~...`) and trailing-wildcard (`app.*`) hosts
+are skipped as `unsupported_host`, from env vars and labels alike.
 """
 
 from __future__ import annotations

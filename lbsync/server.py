@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from lbsync import __version__
+
 if TYPE_CHECKING:
     from lbsync.daemon import Daemon
 
@@ -40,6 +42,13 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 def status_document(daemon: Daemon) -> dict[str, Any]:
+    """The `/status` JSON. A public interface: README documents it, a test pins its fields."""
+    registry = daemon.registry
+
+    def health(container_id: str) -> str:
+        container = registry.get(container_id)
+        return container.health if container is not None else "none"
+
     targets = []
     for state in daemon.targets:
         model = state.model
@@ -47,6 +56,9 @@ def status_document(daemon: Daemon) -> dict[str, Any]:
             {
                 "name": state.config.name,
                 "output": str(state.config.output),
+                "template": state.config.template,
+                "reload": state.config.reload,
+                "waiting_for_proxy": state.waiting_for_proxy,
                 "last_pass": _iso(state.last_pass_at),
                 "last_reload": _iso(state.last_reload_at),
                 "last_reload_result": state.last_reload_result,
@@ -72,6 +84,7 @@ def status_document(daemon: Daemon) -> dict[str, Any]:
                                 "address": server.address,
                                 "port": server.port,
                                 "weight": server.weight,
+                                "health": health(server.container.id),
                             }
                             for server in upstream.servers
                         ],
@@ -79,19 +92,45 @@ def status_document(daemon: Daemon) -> dict[str, Any]:
                     for upstream in (model.upstreams if model else ())
                 ],
                 "skipped": [
-                    {"container": skip.container.name, "reason": skip.reason, "detail": skip.detail}
+                    {
+                        "container": skip.container.name,
+                        "container_id": skip.container.id,
+                        "reason": skip.reason,
+                        "detail": skip.detail,
+                    }
                     for skip in (model.skips if model else ())
                 ],
             }
         )
+    watcher = daemon.watcher
+    api = daemon.client.ping_info
     return {
+        "version": __version__,
+        "started_at": _iso(daemon.started_at),
         "engine": {
-            "connected": daemon.watcher.connected,
-            "disconnected_since": _iso(daemon.watcher.disconnected_since),
-            "last_error": daemon.watcher.last_error,
+            "endpoint": daemon.client.endpoint.url,
+            "connected": watcher.connected,
+            "api_version": f"{api.api_version[0]}.{api.api_version[1]}" if api else None,
+            "disconnected_since": _iso(watcher.disconnected_since),
+            "last_error": watcher.last_error,
+            "reconnects": watcher.reconnects,
+            "events": watcher.events_seen,
         },
-        "containers": len(daemon.registry),
+        "config": {
+            "source": str(daemon.config.source) if daemon.config.source else None,
+            "error": daemon.config_error,
+        },
+        "containers": len(registry),
         "targets": targets,
+        "recent_changes": [
+            {
+                "at": _iso(change.at),
+                "target": change.target,
+                "change": change.change,
+                "duration_ms": change.duration_ms,
+            }
+            for change in daemon.changes
+        ],
     }
 
 

@@ -563,6 +563,40 @@ def test_two_services_of_one_container_in_one_group() -> None:
     assert servers(model) == [("web-1", "172.20.0.2", 80, 1), ("web-1", "172.20.0.2", 8080, 3)]
 
 
+def test_servers_sorted_by_container_name_then_port() -> None:
+    multi = ctr(
+        "web-a",
+        port="9000",
+        labels={"lbsync.alt.host": "a.test", "lbsync.alt.port": "80"},
+    )
+    model = build(ctr("web-b", port="81", ip="172.20.0.3"), multi, ctr("web-0", ip="172.20.0.4"))
+    assert [(n, p) for n, _, p, _ in servers(model)] == [
+        ("web-0", 80),
+        ("web-a", 80),
+        ("web-a", 9000),
+        ("web-b", 81),
+    ]
+
+
+def test_same_service_port_twice_gives_one_server() -> None:
+    c = ctr("web-1", labels={"lbsync.alt.host": "a.test", "lbsync.alt.port": "80"})
+    assert servers(build(c)) == [("web-1", "172.20.0.2", 80, 1)]
+
+
+def test_two_containers_with_one_name_still_sorted() -> None:
+    one = ctr("web", port="81", id="2" * 64, ip="172.20.0.3")
+    two = ctr("web", port="80", id="1" * 64)
+    three = ctr("web", port="80", id="3" * 64, ip="172.20.0.4")
+    for order in ([one, two, three], [three, one, two], [two, three, one]):
+        model = build(*order)
+        assert [(s.port, s.container.id[0]) for s in model.upstreams[0].servers] == [
+            (80, "1"),
+            (80, "3"),
+            (81, "2"),
+        ]
+        assert [c.id[0] for c in model.containers] == ["1", "2", "3"]
+
+
 def test_weight_is_per_server() -> None:
     model = build(ctr("web-1", weight="5"), ctr("web-2", weight="1", ip="172.20.0.3"))
     assert servers(model) == [("web-1", "172.20.0.2", 80, 5), ("web-2", "172.20.0.3", 80, 1)]
