@@ -249,7 +249,7 @@ class Daemon:
         target = state.config
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(RELOAD_ATTEMPTS),
-            wait=tenacity.wait_exponential_jitter(initial=0.2, max=2.0),
+            wait=tenacity.wait_exponential(multiplier=0.2, max=2.0) + tenacity.wait_random(0, 0.1),
             retry=tenacity.retry_if_exception_type(ReloadFailed),
             reraise=True,
         )

@@ -181,7 +181,8 @@ class Watcher:
 
     async def _connect_with_backoff(self) -> None:
         retrying = tenacity.AsyncRetrying(
-            wait=tenacity.wait_exponential_jitter(initial=0.1, max=self.retry_max_wait),
+            # Full jitter: many lbsyncs on one engine do not reconnect in lockstep after it restarts.
+            wait=tenacity.wait_random_exponential(multiplier=0.1, max=self.retry_max_wait),
             retry=tenacity.retry_if_exception(
                 lambda exc: (
                     isinstance(exc, DockerError)

@@ -26,12 +26,17 @@ class FakeEngine:
         self.requests: list[str] = []
         self.app = web.Application()
         self._routes: dict[tuple[str, str], Handler] = {}
+        self._prefix_routes: dict[tuple[str, str], Handler] = {}
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner: web.AppRunner | None = None
 
     def route(self, method: str, path: str, handler: Handler) -> None:
         """`path` without the version prefix, e.g. `/events`."""
         self._routes[(method, path)] = handler
+
+    def prefix_route(self, method: str, prefix: str, handler: Handler) -> None:
+        """Every path starting with `prefix` (e.g. `/containers/`), when no exact route matches."""
+        self._prefix_routes[(method, prefix)] = handler
 
     def json_route(self, method: str, path: str, body: Any, status: int = 200) -> None:
         async def handler(request: web.Request) -> web.StreamResponse:
@@ -58,6 +63,11 @@ class FakeEngine:
                 status=400,
             )
         handler = self._routes.get((request.method, "/" + rest))
+        if handler is None:
+            for (method, prefix), candidate in self._prefix_routes.items():
+                if method == request.method and ("/" + rest).startswith(prefix):
+                    handler = candidate
+                    break
         if handler is None:
             return web.json_response({"message": f"no fake route for /{rest}"}, status=404)
         return await handler(request)

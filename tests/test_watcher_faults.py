@@ -1,0 +1,251 @@
+"""The watcher against a FAKE engine that misbehaves on purpose: streams cut mid-line, garbage,
+unknown events, a 500 on /events, a slow engine, inspects that 404. A real engine will not do
+these on demand; the behaviour under a real engine is tested in the integration tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from lbsync.docker_api import DockerClient
+from lbsync.registry import Registry
+from lbsync.watcher import Change, Watcher
+from tests.fake_engine import FakeEngine, event_line
+
+CUT = b"<cut>"  # close the connection abruptly
+HANG = b"<hang>"  # keep the stream open and idle
+
+
+def inspect_json(cid: str, name: str, *, running: bool = True) -> dict[str, Any]:
+    return {
+        "Id": cid,
+        "Name": "/" + name,
+        "Created": "2026-11-28T05:00:00.123456789Z",
+        "Config": {
+            "Labels": {
+                "lbsync.enable": "true",
+                "lbsync.host": f"{name}.test",
+                "lbsync.port": "8080",
+            }
+        },
+        "State": {
+            "Status": "running" if running else "exited",
+            "Running": running,
+            "StartedAt": "2026-11-28T05:00:01Z",
+        },
+        "HostConfig": {"NetworkMode": "host"},
+        "NetworkSettings": {"Networks": {"host": {"NetworkID": "h", "IPAddress": ""}}},
+    }
+
+
+@dataclass
+class ScriptedEngine:
+    """A fake engine's state plus one script per /events connection."""
+
+    fake: FakeEngine
+    containers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scripts: list[list[bytes] | int] = field(default_factory=list)  # int = an HTTP status
+    inspect_delay: float = 0.0
+    connections: int = 0
+    inspects: list[str] = field(default_factory=list)
+
+    def install(self) -> None:
+        self.fake.route("GET", "/containers/json", self._list)
+        self.fake.prefix_route("GET", "/containers/", self._inspect)
+        self.fake.route("GET", "/events", self._events)
+
+    async def _list(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response([{"Id": cid} for cid in self.containers])
+
+    async def _inspect(self, request: web.Request) -> web.StreamResponse:
+        cid = request.path.split("/")[3]
+        self.inspects.append(cid)
+        if self.inspect_delay:
+            await asyncio.sleep(self.inspect_delay)
+        if cid not in self.containers:
+            return web.json_response({"message": f"No such container: {cid}"}, status=404)
+        return web.json_response(self.containers[cid])
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        index = self.connections
+        self.connections += 1
+        script = self.scripts[index] if index < len(self.scripts) else [HANG]
+        if isinstance(script, int):
+            return web.json_response({"message": "engine trouble"}, status=script)
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for chunk in script:
+            if chunk == CUT:
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            if chunk == HANG:
+                await asyncio.sleep(3600)
+            await response.write(chunk)
+            await asyncio.sleep(0.01)
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+async def engine(fake_engine: FakeEngine) -> AsyncIterator[ScriptedEngine]:
+    scripted = ScriptedEngine(fake_engine)
+    scripted.install()
+    yield scripted
+
+
+@dataclass
+class Running:
+    watcher: Watcher
+    registry: Registry
+    changes: list[Change]
+    task: asyncio.Task[None]
+
+
+@pytest.fixture
+async def start_watcher(
+    fake_client: DockerClient,
+) -> AsyncIterator[Callable[[], Running]]:
+    started: list[Running] = []
+
+    def start() -> Running:
+        registry = Registry()
+        changes: list[Change] = []
+        watcher = Watcher(fake_client, registry, changes.append, resync=0, retry_max_wait=0.05)
+        running = Running(watcher, registry, changes, asyncio.create_task(watcher.run()))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running.task
+    await fake_client.close()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def names(registry: Registry) -> set[str]:
+    return {c.name for c in registry.containers()}
+
+
+async def test_cut_mid_line_reconnects_and_catches_up(
+    engine: ScriptedEngine, start_watcher: Callable[[], Running]
+) -> None:
+    engine.containers["a" * 64] = inspect_json("a" * 64, "first")
+    engine.scripts = [[b'{"Type": "container", "Act', CUT]]
+    running = start_watcher()
+    await until(lambda: engine.connections >= 2 and running.watcher.connected)
+    assert running.watcher.reconnects == 1
+    assert names(running.registry) == {"first"}
+    assert "cut mid-line" in (running.watcher.last_error or "cut mid-line")
+    assert not running.task.done()
+
+
+async def test_gap_is_reconciled_on_reconnect(
+    engine: ScriptedEngine, start_watcher: Callable[[], Running]
+) -> None:
+    engine.containers["a" * 64] = inspect_json("a" * 64, "old")
+    gate = asyncio.Event()
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        engine.connections += 1
+        response = web.StreamResponse()
+        await response.prepare(request)
+        if engine.connections == 1:
+            await gate.wait()
+            assert request.transport is not None
+            request.transport.close()  # the connection drops
+            return response
+        await asyncio.sleep(3600)
+        return response
+
+    engine.fake.route("GET", "/events", events)
+    running = start_watcher()
+    await until(lambda: names(running.registry) == {"old"})
+    # While the connection is about to drop: one container goes, another comes.
+    del engine.containers["a" * 64]
+    engine.containers["c" * 64] = inspect_json("c" * 64, "new")
+    gate.set()
+    await until(lambda: names(running.registry) == {"new"}, timeout=2.0)
+    assert running.watcher.reconnects == 1
+
+
+async def test_garbage_line_is_survived(
+    engine: ScriptedEngine, start_watcher: Callable[[], Running]
+) -> None:
+    engine.containers["a" * 64] = inspect_json("a" * 64, "web")
+    engine.containers["b" * 64] = inspect_json("b" * 64, "api")
+    engine.scripts = [[b"<html>not json</html>\n", HANG], [event_line("die", "b" * 64), HANG]]
+    running = start_watcher()
+    await until(lambda: engine.connections >= 2 and running.watcher.connected)
+    # The stream after the reconnect is followed: a later event is applied.
+    await until(lambda: engine.inspects.count("b" * 64) >= 3)  # list, re-list, the die
+    assert running.watcher.reconnects == 1
+    assert names(running.registry) == {"web", "api"}
+
+
+async def test_unknown_types_and_actions_are_ignored(
+    engine: ScriptedEngine, start_watcher: Callable[[], Running]
+) -> None:
+    engine.containers["a" * 64] = inspect_json("a" * 64, "web")
+    odd = [
+        json.dumps({"Type": "plugin", "Action": "enable", "Actor": {"ID": "p"}}).encode() + b"\n",
+        json.dumps({"Type": "container", "Action": "teleport", "Actor": {"ID": "a" * 64}}).encode()
+        + b"\n",
+        json.dumps({"Type": "container"}).encode() + b"\n",  # no action, no actor
+        event_line("exec_start: sh -c true", "a" * 64),
+    ]
+    engine.scripts = [[*odd, HANG]]
+    running = start_watcher()
+    await until(lambda: running.watcher.connected and running.watcher.events_seen >= len(odd))
+    assert engine.inspects.count("a" * 64) == 1  # only the listing inspected it
+    assert engine.connections == 1  # none of these broke the stream
+    assert not running.task.done()
+
+
+async def test_500_on_events_is_retried_with_backoff(
+    engine: ScriptedEngine, start_watcher: Callable[[], Running]
+) -> None:
+    engine.containers["a" * 64] = inspect_json("a" * 64, "web")
+    engine.scripts = [500, 500, 503, [HANG]]
+    running = start_watcher()
+    await until(lambda: running.watcher.connected, timeout=5.0)
+    assert engine.connections == 4
+    assert names(running.registry) == {"web"}
+
+
+async def test_inspect_404_for_a_vanished_container(
+    engine: ScriptedEngine, start_watcher: Callable[[], Running]
+) -> None:
+    engine.scripts = [[event_line("start", "d" * 64), HANG]]
+    running = start_watcher()
+    await until(lambda: "d" * 64 in engine.inspects)
+    await asyncio.sleep(0.05)
+    assert "d" * 64 not in running.registry
+    assert running.watcher.connected and not running.task.done()
+
+
+async def test_slow_engine_still_converges(
+    engine: ScriptedEngine, start_watcher: Callable[[], Running]
+) -> None:
+    engine.inspect_delay = 0.3
+    engine.containers["a" * 64] = inspect_json("a" * 64, "web")
+    engine.scripts = [[*(event_line("start", "a" * 64) for _ in range(20)), HANG]]
+    running = start_watcher()
+    await until(lambda: names(running.registry) == {"web"}, timeout=5.0)
+    await until(lambda: running.watcher.events_seen >= 20, timeout=5.0)
+    # 20 events for one container while inspects were slow: batched, not 20 inspects.
+    assert engine.inspects.count("a" * 64) < 10
