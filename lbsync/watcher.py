@@ -181,7 +181,7 @@ class Watcher:
 
     async def _connect_with_backoff(self) -> None:
         retrying = tenacity.AsyncRetrying(
-            # Full jitter: many lbsyncs on one engine do not reconnect in lockstep after it restarts.
+            # Full jitter: lbsyncs sharing an engine do not reconnect in lockstep after a restart.
             wait=tenacity.wait_random_exponential(multiplier=0.1, max=self.retry_max_wait),
             retry=tenacity.retry_if_exception(
                 lambda exc: (
