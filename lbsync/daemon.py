@@ -228,8 +228,9 @@ class Daemon:
             try:
                 await asyncio.to_thread(restore, target.output, previous)
             except WriteError as restore_exc:
-                log.error("target %s: cannot put the last good file back: %s",
-                          target.name, restore_exc)  # fmt: skip
+                log.error(
+                    "target %s: cannot put the last good file back: %s", target.name, restore_exc
+                )
                 state.known = False
             log.error(
                 "target %s: the proxy's check refused the new config; the last good file "
@@ -262,8 +263,12 @@ class Daemon:
             state.reload_pending = True
             state.last_reload_result = "error"
             state.last_error = f"reload failed: {exc}"
-            log.error("target %s: reload failed (retrying in %.0f s): %s",
-                      target.name, state.retry_delay, exc)  # fmt: skip
+            log.error(
+                "target %s: reload failed (retrying in %.0f s): %s",
+                target.name,
+                state.retry_delay,
+                exc,
+            )
             self._retry_later(state)
             return False
         now = time.time()

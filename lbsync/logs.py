@@ -29,8 +29,9 @@ def setup_logging(config: LogConfig) -> None:
     if config.format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(message)s",
-                                      "%Y-%m-%dT%H:%M:%S")  # fmt: skip
+        formatter = logging.Formatter(
+            "%(asctime)s.%(msecs)03dZ %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"
+        )
         formatter.converter = time.gmtime
         handler.setFormatter(formatter)
     root = logging.getLogger("lbsync")

@@ -38,10 +38,22 @@ log = logging.getLogger("lbsync.watcher")
 #: top, resize, ...) is ignored without an inspect.
 CONTAINER_ACTIONS = frozenset(
     {
-        "create", "start", "restart", "die", "stop", "kill", "pause", "unpause",
-        "destroy", "remove", "health_status", "rename", "update", "oom",
+        "create",
+        "start",
+        "restart",
+        "die",
+        "stop",
+        "kill",
+        "pause",
+        "unpause",
+        "destroy",
+        "remove",
+        "health_status",
+        "rename",
+        "update",
+        "oom",
     }
-)  # fmt: skip
+)
 REMOVED_ACTIONS = frozenset({"destroy", "remove"})  # Docker says destroy, Podman remove
 NETWORK_ACTIONS = frozenset({"connect", "disconnect"})
 #: Signals that end a process unless it handles them; the container's own StopSignal too.
@@ -201,8 +213,13 @@ class Watcher:
         self.last_error = str(exc)
         wait = state.next_action.sleep if state.next_action else 0.0
         level = logging.WARNING if state.attempt_number in (1, 10) else logging.DEBUG
-        log.log(level, "engine unreachable (attempt %d, next in %.1fs): %s",
-                state.attempt_number, wait, exc)  # fmt: skip
+        log.log(
+            level,
+            "engine unreachable (attempt %d, next in %.1fs): %s",
+            state.attempt_number,
+            wait,
+            exc,
+        )
 
     async def _session(self) -> None:
         await self._connect_with_backoff()
@@ -213,8 +230,11 @@ class Watcher:
         async with subscribed_events(self.client, since=since, filters=WATCHED_TYPES) as queue:
             await self.relist("reconnect" if self.listed.is_set() else "start")
             if not self.connected:
-                log.info("connected to the engine at %s (API %d.%d)", self.client.endpoint.url,
-                         *self.client.api_version)  # fmt: skip
+                log.info(
+                    "connected to the engine at %s (API %d.%d)",
+                    self.client.endpoint.url,
+                    *self.client.api_version,
+                )
             self.connected = True
             self.disconnected_since = None
             self.last_error = None
@@ -314,9 +334,10 @@ class Watcher:
 
         before = {cid: is_serving(self.registry.get(cid)) for cid in touched}
         removed = [
-            cid for cid, group in touched.items()
+            cid
+            for cid, group in touched.items()
             if group[-1].type == "container" and group[-1].base_action in REMOVED_ACTIONS
-        ]  # fmt: skip
+        ]
         changed = False
         for cid in removed:
             changed = self.registry.remove(cid) or changed
