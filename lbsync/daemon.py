@@ -18,12 +18,13 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import tenacity
 
 from lbsync.config import Config, ConfigError, TargetConfig, load_config
 from lbsync.debounce import Debouncer
-from lbsync.docker_api import ApiVersionTooOld, DockerClient, PermissionDenied
+from lbsync.docker_api import ApiVersionTooOld, DockerClient, Event, PermissionDenied
 from lbsync.logs import setup_logging
 from lbsync.metrics import Metrics
 from lbsync.model import Container, RoutingModel
@@ -109,6 +110,10 @@ class Daemon:
         self.changes: collections.deque[RecentChange] = collections.deque(maxlen=RECENT_CHANGES)
 
     # -- events in --
+
+    def _count_event(self, event: Event) -> None:
+        # The base action only: `exec_start: <command>` would make a label value per command.
+        self.metrics.events.labels(event.type, event.base_action).inc()
 
     def _on_change(self, change: Change) -> None:
         self.debouncer.poke(urgent=change.urgent, event_time_ns=change.event_time_ns)
@@ -386,6 +391,8 @@ class Daemon:
 
     def health_problems(self) -> list[str]:
         problems = []
+        if self.passes_completed == 0:
+            problems.append("starting: no pass has completed yet")
         if self.config_error:
             problems.append(f"config not reloaded: {self.config_error}")
         if not self.watcher.connected:
@@ -434,15 +441,23 @@ class Daemon:
             else:
                 log.info("stopping")
         finally:
-            for task in (watcher_task, debounce_task, metrics_task, files_task, stop_task):
+            tasks: set[asyncio.Task[Any]] = {
+                watcher_task,
+                debounce_task,
+                metrics_task,
+                files_task,
+                stop_task,
+            }
+            for task in tasks:
                 task.cancel()
             if self._pass_task is not None and not self._pass_task.done():
                 log.info("finishing the pass in progress before exiting")
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(self._pass_task), SHUTDOWN_GRACE)
-            for task in (watcher_task, debounce_task, metrics_task, files_task, stop_task):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # Bounded: a task that swallowed its cancellation must not hang the exit.
+            _, stuck = await asyncio.wait(tasks, timeout=5.0)
+            for task in stuck:
+                log.warning("task %s did not stop in time", task.get_name())
             await runner.cleanup()
             await self.client.close()
         return code

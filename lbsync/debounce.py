@@ -55,8 +55,11 @@ class Debouncer:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that races with the wake-up, and shutdown would then hang.
                 try:
-                    await asyncio.wait_for(self._wake.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._wake.wait()
                 except TimeoutError:
                     break
                 self._wake.clear()

@@ -34,7 +34,14 @@ def setup_logging(config: LogConfig) -> None:
         )
         formatter.converter = time.gmtime
         handler.setFormatter(formatter)
-    root = logging.getLogger("lbsync")
+    ours = logging.getLogger("lbsync")
+    ours.handlers[:] = [handler]
+    ours.setLevel(config.level.upper())
+    ours.propagate = False
+    # Everything else that logs (aiohttp, asyncio's "exception never retrieved", Python
+    # warnings) goes through the same handler, so with `format: json` every stderr line is
+    # one JSON object, never a bare traceback. Other libraries stay at WARNING.
+    root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(config.level.upper())
-    root.propagate = False
+    root.setLevel(max(logging.WARNING, ours.level))
+    logging.captureWarnings(True)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from lbsync import __version__
+from lbsync import __version__, statuspage
 
 if TYPE_CHECKING:
     from lbsync.daemon import Daemon
@@ -145,6 +145,7 @@ def make_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/status", status)
+    statuspage.add_routes(app)  # GET / and /static/...: the status page for a person
     return app
 
 

@@ -154,12 +154,14 @@ class Watcher:
         *,
         resync: float = 60.0,
         retry_max_wait: float = 10.0,
+        on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self.client = client
         self.registry = registry
         self.on_change = on_change
         self.resync = resync
         self.retry_max_wait = retry_max_wait
+        self.on_event = on_event
         self.connected = False
         self.disconnected_since: float | None = time.time()
         self.last_error: str | None = None
@@ -289,7 +291,8 @@ class Watcher:
         while True:
             timeout = None if next_resync is None else max(0.0, next_resync - loop.time())
             try:
-                first = await asyncio.wait_for(queue.get(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see debounce.py
+                    first = await queue.get()
             except TimeoutError:
                 await self.relist("resync")
                 next_resync = loop.time() + self.resync
@@ -309,6 +312,8 @@ class Watcher:
         touched: dict[str, list[Event]] = {}
         for event in events:
             self.events_seen += 1
+            if self.on_event is not None:
+                self.on_event(event)
             if event.time_nano:
                 self._last_event_ns = max(self._last_event_ns or 0, event.time_nano)
             container_id = self._container_of(event)

@@ -1,0 +1,363 @@
+"""`lbsync run` end to end: a real daemon, a real nginx, real backends on the lab engine.
+
+Every test drives lbsync only through what users have (labels, the YAML file, signals) and
+checks what users see: answers through nginx, the output file, /healthz, /metrics, /status
+and the log. Each test has its own run id (see :mod:`tests.harness`), so tests running in
+parallel on the same engine never route each other's backends.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import RUN_LABEL, LbsyncHarness
+from tests.lab import Lab, free_port
+
+pytestmark = pytest.mark.engine
+
+#: How long after a debounced pass may start (debounce.max of the harness) plus slack.
+PAST_DEBOUNCE = 0.8
+
+
+def server_line(port: int) -> str:
+    return f"127.0.0.1:{port}"
+
+
+def file_identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+# ---------------------------------------------------------------------------- basics
+
+
+def test_backends_stop_one_then_all_then_503(lab: Lab, tmp_path: Path) -> None:
+    with LbsyncHarness(lab, tmp_path) as h:
+        one = h.backend("one", host="app.test")
+        two = h.backend("two", host="app.test")
+        h.wait_until_routes("app.test", {one.name, two.name})
+
+        lab.stop(one.id)
+        h.wait_until_routes("app.test", {two.name})
+        assert server_line(one.port) not in h.output_text()
+
+        lab.stop(two.id)
+        h.wait_until_status("app.test", 503)
+        text = h.output_text()
+        assert "server_name app.test;" in text, "the stopped host's server block must stay"
+        assert server_line(two.port) not in text
+
+        # A host nobody declares: the catch-all answers 503, never another site.
+        status, body = h.get("unknown.test")
+        assert status == 503, body
+        assert "backend=" not in body
+
+
+def test_container_started_before_lbsync_is_routed_at_start(lab: Lab, tmp_path: Path) -> None:
+    h = LbsyncHarness(lab, tmp_path)
+    h.start_nginx()
+    early = h.backend("early", host="early.test")  # before lbsync: the start-up listing finds it
+    with h:
+        # Ready means the first pass has reloaded nginx: the backend is in the file already.
+        assert server_line(early.port) in h.output_text()
+        h.wait_until_routes("early.test", {early.name}, timeout=5)
+
+
+def test_healthcheck_gates_traffic(lab: Lab, tmp_path: Path) -> None:
+    with LbsyncHarness(lab, tmp_path) as h:
+        # A 2 s interval (overriding the lab's 1 s) keeps it `starting` long enough to look.
+        web = h.backend("web", host="health.test", health=True,
+                        extra=["--health-interval", "2s"])  # fmt: skip
+
+        def seen_starting() -> bool:
+            skipped = h.status()["targets"][0]["skipped"]
+            return any(s["container"] == web.name and s["reason"] == "not_healthy" for s in skipped)
+
+        h.poll(seen_starting, 10, f"lbsync reports {web.name} as not healthy yet")
+        status, body = h.get("health.test")
+        assert lab.health(web.id) == "starting", "healthy before we looked: test inconclusive"
+        assert status == 503, f"a starting container got traffic: {status} {body!r}"
+        assert "backend=" not in body
+        text = h.output_text()
+        assert "server_name health.test;" in text
+        assert server_line(web.port) not in text
+
+        lab.wait_health(web.id, "healthy", timeout=10)
+        h.wait_until_routes("health.test", {web.name})
+
+        lab.set_healthy(web.id, False)
+        # The backend itself answers 503 now too ("backend=... unhealthy"): only a 503 that
+        # no backend wrote shows that lbsync took it out of nginx.
+        h.wait_until_status("health.test", 503, from_backend=False, timeout=10)
+        assert lab.health(web.id) == "unhealthy"
+        assert server_line(web.port) not in h.output_text()
+
+
+def test_path_routing_and_named_services(lab: Lab, tmp_path: Path) -> None:
+    with LbsyncHarness(lab, tmp_path) as h:
+        api = h.backend("api", host="paths.test", path="/api", paths=["/api/x"])
+        site = h.backend("site", host="paths.test", path="/", paths=["/other"])
+        port = free_port()
+        both = h.backend(
+            "both",
+            port=port,
+            labels={
+                "lbsync.web.host": "web.test",
+                "lbsync.web.port": str(port),
+                "lbsync.admin.host": "admin.test",
+                "lbsync.admin.port": str(port),
+            },
+        )
+        h.wait_until_routes("paths.test", {api.name}, path="/api/x")
+        h.wait_until_routes("paths.test", {site.name}, path="/other")
+        h.wait_until_routes("paths.test", {site.name}, path="/")
+        status, body = h.get("paths.test", "/api/x")
+        assert (status, body.strip()) == (200, f"backend={api.name} path=/api/x")
+        status, body = h.get("paths.test", "/other")
+        assert (status, body.strip()) == (200, f"backend={site.name} path=/other")
+
+        h.wait_until_routes("web.test", {both.name})
+        h.wait_until_routes("admin.test", {both.name})
+        assert h.get("admin.test")[1].strip() == f"backend={both.name} path=/"
+
+
+# ---------------------------------------------------------------------------- safety
+
+
+def test_hostile_labels_never_reach_the_file(lab: Lab, tmp_path: Path) -> None:
+    hostile = {
+        "semicolon": {"lbsync.host": "semi.test;evil_semicolon"},
+        "space": {"lbsync.host": "space evil_space.test"},
+        "brace": {"lbsync.host": "brace.test", "lbsync.path": "/x{"},
+        "newline": {"lbsync.host": "newline.test\nevil_newline on;"},
+    }
+    with LbsyncHarness(lab, tmp_path) as h:
+        bad = {}
+        for what, labels in hostile.items():
+            port = free_port()
+            bad[what] = h.backend(what, port=port, labels={**labels, "lbsync.port": str(port)})
+        # Started last: the pass that routes it has seen every hostile container before it.
+        good = h.backend("good", host="good.test")
+        h.wait_until_routes("good.test", {good.name})
+
+        text = h.output_text()
+        for needle in ("evil", "semi.test", "space", "brace.test", "/x{", "newline.test"):
+            assert needle not in text, f"{needle!r} reached the output file:\n{text}"
+        for backend in bad.values():
+            assert server_line(backend.port) not in text
+
+        skipped = h.status()["targets"][0]["skipped"]
+        reasons = {s["container"]: s["reason"] for s in skipped}
+        for what, backend in bad.items():
+            assert reasons.get(backend.name) == "invalid_label", (what, skipped)
+
+        # One clear warning per hostile container, naming it and the label.
+        warnings = [line for line in h.log_text().splitlines() if " WARNING " in line]
+        for what, backend in bad.items():
+            named = [line for line in warnings if backend.name in line]
+            assert len(named) == 1, (what, named)
+            label = "lbsync.path" if what == "brace" else "lbsync.host"
+            assert label in named[0], (what, named[0])
+
+
+BAD_TEMPLATE = """\
+# generated by lbsync from a test template: invalid once more than one server exists
+{% set ns = namespace(servers=0) %}
+{% for u in upstreams %}
+{% set ns.servers = ns.servers + (u.servers | length) %}
+{% endfor %}
+{% if ns.servers > 1 %}
+bogus_directive on;
+{% endif %}
+{% for u in upstreams if u.servers %}
+upstream {{ u.name | nginx_quote }} {
+{% for s in u.servers %}
+    server {{ s.address }}:{{ s.port }};
+{% endfor %}
+}
+{% endfor %}
+{% for h in hosts %}
+server {
+    listen {{ target.listen | nginx_quote }};
+    server_name {{ h.name | nginx_quote }};
+{% for r in h.routes %}
+    location {{ r.path | nginx_quote }} {
+{% if r.upstream.servers %}
+        proxy_pass {{ ("http://" ~ r.upstream.name) | nginx_quote }};
+{% else %}
+        return 503;
+{% endif %}
+    }
+{% endfor %}
+}
+{% endfor %}
+"""
+
+
+def test_refused_check_keeps_the_last_good_file(lab: Lab, tmp_path: Path) -> None:
+    template = tmp_path / "bad.conf.j2"
+    template.write_text(BAD_TEMPLATE)
+    with LbsyncHarness(lab, tmp_path, target={"template": str(template)}) as h:
+        first = h.backend("first", host="check.test")
+        h.wait_until_routes("check.test", {first.name})
+        h.poll(lambda: h.healthz()[0] == 200, 5, "/healthz 200 with a good config")
+        good = h.output_bytes()
+        assert good is not None and b"bogus_directive" not in good
+        identity = file_identity(h.output)
+        before = h.metrics()
+        reloads = before.value("lbsync_reloads_total", target=h.target_name)
+        assert before.value("lbsync_check_failures_total", target=h.target_name) == 0
+
+        second = h.backend("second", host="check.test")
+        h.poll(
+            lambda: h.metric("lbsync_check_failures_total", target=h.target_name) >= 1,
+            10,
+            "lbsync_check_failures_total >= 1",
+        )
+        # The counter moves when the check fails; the last good file goes back right after.
+        h.poll(
+            lambda: "the proxy's check refused" in h.log_text(),
+            5,
+            "the refusal is logged (after the last good file is back)",
+        )
+        assert h.output_bytes() == good, "the refused file must be replaced by the last good one"
+        assert file_identity(h.output)[2] == identity[2]
+        assert h.metric("lbsync_reloads_total", target=h.target_name) == reloads
+        h.wait_until_routes("check.test", {first.name})  # the old routing, not `second`
+
+        code, body = h.healthz()
+        assert code == 503, body
+        assert "check" in body, body
+        log = h.log_text()
+        assert "bogus_directive" in log, "the checker's message belongs in the log"
+        assert lab.state(second.id) == "running"
+
+
+def test_unrelated_containers_write_and_reload_nothing(lab: Lab, tmp_path: Path) -> None:
+    with LbsyncHarness(lab, tmp_path) as h:
+        mine = h.backend("mine", host="mine.test")
+        h.wait_until_routes("mine.test", {mine.name})
+        identity = file_identity(h.output)
+        content = h.output_bytes()
+        before = h.metrics()
+        reloads = before.value("lbsync_reloads_total")
+        writes = before.value("lbsync_writes_total")
+
+        def settle(action_at: float) -> None:
+            # A pass ran after the change, and the debounce window is over.
+            passes = h.metric("lbsync_passes_total")
+            h.poll(
+                lambda: (
+                    h.metric("lbsync_passes_total") > passes
+                    and time.monotonic() - action_at > PAST_DEBOUNCE
+                ),
+                10,
+                "a pass after the unrelated change",
+            )
+
+        passes = before.value("lbsync_passes_total")
+        started_at = time.monotonic()
+        # No lbsync labels at all; and fully labelled, but for another run (another target).
+        plain = h.backend("plain", run_label=False, enable=False)
+        other = h.backend("other", host="mine.test", run_label=False,
+                          labels={RUN_LABEL: f"{h.run_id}-other"})  # fmt: skip
+        h.poll(lambda: h.metric("lbsync_passes_total") > passes, 10, "a pass after the starts")
+        settle(started_at)
+        stopped_at = time.monotonic()
+        lab.stop(plain.id)
+        lab.stop(other.id)
+        settle(stopped_at)
+
+        after = h.metrics()
+        assert file_identity(h.output) == identity, "the output file was rewritten"
+        assert h.output_bytes() == content
+        assert after.value("lbsync_reloads_total") == reloads
+        assert after.value("lbsync_writes_total") == writes
+        h.wait_until_routes("mine.test", {mine.name})
+
+
+# ---------------------------------------------------------------------------- the proxy
+
+
+def test_proxy_missing_then_replaced(lab: Lab, tmp_path: Path) -> None:
+    with LbsyncHarness(lab, tmp_path, nginx=False, wait_ready=False) as h:
+        one = h.backend("one", host="proxy.test")
+        h.poll(lambda: h.metric("lbsync_passes_total") >= 1, 10, "a first pass")
+        h.poll(
+            lambda: h.healthz()[0] == 503 and "proxy container missing" in h.healthz()[1],
+            10,
+            "/healthz 503: proxy container missing",
+        )
+        assert not h.output.exists(), "nothing may be written while no proxy exists"
+        assert os.listdir(h.conf_dir) == []
+        assert "no running proxy container matches" in h.log_text()
+
+        first_nginx = h.start_nginx()
+        h.wait_until_routes("proxy.test", {one.name})
+        h.poll(lambda: h.healthz()[0] == 200, 10, "/healthz 200 once nginx exists")
+
+        # Replace the proxy: same label, same mount. The next change must reach the new one.
+        h.remove_nginx(first_nginx)
+        h.start_nginx()
+        h.wait_until_routes("proxy.test", {one.name})  # it read the file on start
+        reloads = h.metric("lbsync_reloads_total", target=h.target_name, result="ok")
+        two = h.backend("two", host="proxy.test")
+        h.wait_until_routes("proxy.test", {one.name, two.name})
+        assert h.metric("lbsync_reloads_total", target=h.target_name, result="ok") > reloads
+        h.poll(lambda: h.healthz()[0] == 200, 10, "/healthz 200 with the new nginx")
+
+
+# ---------------------------------------------------------------------------- lifecycle
+
+
+def test_sigterm_exits_zero(lab: Lab, tmp_path: Path) -> None:
+    with LbsyncHarness(lab, tmp_path) as h:
+        web = h.backend("web", host="term.test")
+        h.wait_until_routes("term.test", {web.name})
+        started = time.monotonic()
+        assert h.stop(expect_code=0) == 0
+        assert time.monotonic() - started < 10
+        log = h.log_text()
+        assert "stopping" in log
+        assert "Traceback" not in log
+
+
+def test_stopping_container_leaves_before_the_quiet_window(lab: Lab, tmp_path: Path) -> None:
+    h = LbsyncHarness(lab, tmp_path, config={"debounce": {"quiet": "2s", "max": "5s"}})
+    h.start_nginx()
+    # Started before lbsync, so its first pass already routes both.
+    draining = h.backend("draining", host="drain.test", stop_grace=3)
+    staying = h.backend("staying", host="drain.test")
+    with h:
+        h.wait_until_routes("drain.test", {draining.name, staying.name})
+        assert server_line(draining.port) in h.output_text()
+
+        errors: list[BaseException] = []
+
+        def stop() -> None:
+            try:
+                lab.stop(draining.id)  # returns after the 3 s grace
+            except BaseException as exc:
+                errors.append(exc)
+
+        stopper = threading.Thread(target=stop)
+        issued = time.monotonic()
+        stopper.start()
+        try:
+            h.poll(lambda: server_line(draining.port) not in h.output_text(), 2.5,
+                   "the stopping backend left the output file")  # fmt: skip
+            left_after = time.monotonic() - issued
+            still_running = lab.state(draining.id) == "running"
+            h.wait_until_routes("drain.test", {staying.name}, timeout=2)
+            routed_after = time.monotonic() - issued
+        finally:
+            stopper.join(30)
+        assert not errors, errors
+        assert still_running, "the backend should still be in its stop grace when it left"
+        assert left_after < 1.0, f"left the file {left_after:.2f} s after the stop (quiet is 2 s)"
+        assert routed_after < 1.9, f"nginx still routed it {routed_after:.2f} s after the stop"
