@@ -108,7 +108,10 @@ def second_engine(lab: object) -> Iterator[SecondEngine]:
             if ids:
                 engine.docker("rm", "-f", *ids, check=False)
         engine.stop()
-        subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True, check=False)
+        # dockerd leaves its netns mount behind; unmount what is under our root, deepest first.
+        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+        for point in sorted((m for m in mounts if m.startswith(f"{root}/")), reverse=True):
+            subprocess.run(["umount", point], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -41,7 +41,7 @@ PATH = re.compile(r"/[A-Za-z0-9._~%/-]*")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ADDRESS = re.compile(r"\[?[0-9a-fA-F.:]+\]?:[0-9]{1,5}")
 
-BREAKERS = frozenset(";{}#$\"'\\\n\r\x00`")
+INJECTION = re.compile(r"[A-Za-z0-9][;{}#$\"'\\\n\r\x00`]+[A-Za-z0-9]")
 NGINX = TargetConfig(name="t", template="builtin:nginx", output="/x/lbsync.conf")  # type: ignore[arg-type]
 NGINX_TEMPLATE = load_template(NGINX)
 
@@ -132,16 +132,20 @@ def test_rendered_nginx_holds_only_grammatical_values(label_sets: list[dict[str,
     assert all(PATH.fullmatch(path) for path in tokens["location"]), tokens
     assert all(NAME.fullmatch(name) for name in tokens["upstream"]), tokens
     assert all(ADDRESS.fullmatch(server) for server in tokens["server"]), tokens
-    # A hostile value (config syntax plus some text of its own) never shows up, even inside
-    # a line. Short or text-free values ("\n", ";") occur in any config and prove nothing.
+    # A value that smuggles config syntax between words ("a.test;evil") never shows up, even
+    # inside a line. A breaker at an edge proves nothing: "a.test;" is in `server_name a.test;`.
     for labels in label_sets:
         for value in labels.values():
-            if any(ch in value for ch in BREAKERS) and sum(ch.isalnum() for ch in value) >= 2:
+            if INJECTION.search(value):
                 assert value not in text
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
     ),
@@ -203,7 +207,7 @@ def test_no_exception_escapes_event_handling(objects: list[Any]) -> None:
     watcher = Watcher(StubClient(), registry, lambda change: None)  # type: ignore[arg-type]
     events = []
     for obj in objects:
-        line = json.dumps(obj, allow_nan=True)
+        line = json.dumps(obj)
         try:
             events.append(Event.from_json(json.loads(line)))
         except ValueError:
