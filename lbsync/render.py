@@ -7,6 +7,7 @@ Both raise `TemplateError` naming the template and, where known, the line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -149,12 +150,20 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def render(template: CompiledTemplate, model: RoutingModel, target: TargetConfig) -> str:
+def render(
+    template: CompiledTemplate,
+    model: RoutingModel,
+    target: TargetConfig,
+    *,
+    slots: Mapping[str, Sequence[Any]] | None = None,
+) -> str:
     """Render `model` for `target`; the text always ends with a newline.
 
-    The context is SPEC §3a: `target`, `vars`, `hosts`, `upstreams`, `containers`.
+    The context is SPEC §3a: `target`, `vars`, `hosts`, `upstreams`, `containers`; plus
+    `slots` (upstream name -> server slots) for `reload: haproxy-runtime`.
     """
     context: dict[str, Any] = {
+        "slots": slots,
         "target": target,
         "vars": target.vars,
         "hosts": model.hosts,

@@ -1,0 +1,800 @@
+"""builtin:haproxy: golden files (each checked by a real `haproxy -c`), the promises of the
+template (rule order, bind forms, slots), and a live HAProxy routing real requests.
+
+`LBSYNC_UPDATE_GOLDEN=1 python -m pytest tests/test_haproxy_render.py` rewrites
+tests/testdata/haproxy/. The helpers below (haproxy binary, short socket folders, a running
+haproxy, HTTP backends) are shared with tests/test_haproxy_sockets.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lbsync.config import TargetConfig
+from lbsync.haproxy import Slot, SlotView, assign_slots, runtime_commands, slot_view
+from lbsync.model import ContainerRef, Host, Route, RoutingModel, Server, Upstream
+from lbsync.render import CompiledTemplate, TemplateError, load_template, render
+
+GOLDEN_DIR = Path(__file__).parent / "testdata" / "haproxy"
+UPDATE_GOLDEN = os.environ.get("LBSYNC_UPDATE_GOLDEN") == "1"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# --- haproxy helpers (shared with test_haproxy_sockets) ------------------------------------
+
+
+def require_haproxy() -> str:
+    """The haproxy binary; a skip without one, but a failure under CI=true."""
+    found = shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
+    )
+    if found is not None:
+        return found
+    if IN_CI:
+        pytest.fail("CI=true but haproxy is not installed (apt-get install haproxy)")
+    pytest.skip("haproxy is not installed")
+
+
+def haproxy_check(path: Path) -> str:
+    """`haproxy -c -f path`: valid, with no warning or alert. Returns its output."""
+    result = subprocess.run(
+        [require_haproxy(), "-c", "-f", str(path)], capture_output=True, text=True, timeout=60
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "[WARNING]" not in output and "[ALERT]" not in output, output
+    return output
+
+
+@contextlib.contextmanager
+def short_socket_dir() -> Iterator[Path]:
+    """A short folder for unix sockets (AF_UNIX paths are limited to ~107 bytes), removed
+    afterwards: pytest's tmp_path is often too long for them."""
+    path = Path(tempfile.mkdtemp(prefix="lbh-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    with short_socket_dir() as path:
+        yield path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll `condition` every 10 ms until it holds; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def sync_exchange(path: Path, command: str, timeout: float = 5.0) -> str:
+    """A blocking master CLI / stats socket exchange, for setup and teardown."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(command.encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def _workers(master_socket: Path) -> list[int]:
+    with contextlib.suppress(OSError):
+        text = sync_exchange(master_socket, "show proc", timeout=2)
+        return [int(m) for m in re.findall(r"^(\d+)\s+worker\b", text, re.MULTILINE)]
+    return []
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
+
+
+@dataclass
+class RunningHAProxy:
+    proc: subprocess.Popen[bytes]
+    config: Path
+    master_socket: Path
+    port: int
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def run_haproxy(
+    config: Path, master_socket: Path, port: int, ready: Path | None = None
+) -> Iterator[RunningHAProxy]:
+    """`haproxy -W -db -f config -S master_socket` until it serves on 127.0.0.1:port (and
+    `ready`, a stats socket, exists); stopped by its pid afterwards, workers included."""
+    haproxy = require_haproxy()
+    log = config.with_suffix(".log")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [haproxy, "-W", "-db", "-f", str(config), "-S", str(master_socket)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    running = RunningHAProxy(proc, config, master_socket, port, log)
+    workers: set[int] = set()
+    try:
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"haproxy exited {proc.returncode}: {running.log_text()}")
+            if ready is not None and not ready.exists():
+                return False
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                return False
+            workers.update(_workers(master_socket))
+            return bool(workers)
+
+        wait_until(up, f"haproxy on port {port}")
+        yield running
+    finally:
+        workers.update(_workers(master_socket))
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        deadline = time.monotonic() + 5
+        for pid in workers:
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+class _NamedHandler(BaseHTTPRequestHandler):
+    """Answers 200 with JSON: which backend it is, the path and the request headers."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive: lets haproxy pool server connections
+    server: _NamedServer
+
+    def do_GET(self) -> None:
+        self.server.hits += 1
+        body = json.dumps(
+            {
+                "name": self.server.name,
+                "path": self.path,
+                # HAProxy sends header names lowercased (HTX): compare them that way.
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _NamedServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, name: str) -> None:
+        super().__init__(("127.0.0.1", 0), _NamedHandler)
+        self.name = name
+        self.hits = 0
+
+    @property
+    def port(self) -> int:
+        port: int = self.server_address[1]
+        return port
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # haproxy resets its pooled connections when it stops: not worth a traceback
+
+
+@contextlib.contextmanager
+def http_backends(*names: str) -> Iterator[dict[str, _NamedServer]]:
+    """Local HTTP servers on 127.0.0.1 (free ports), each answering with its name."""
+    servers = {name: _NamedServer(name) for name in names}
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers.values()]
+    for thread in threads:
+        thread.start()
+    try:
+        yield servers
+    finally:
+        for s in servers.values():
+            s.shutdown()
+            s.server_close()
+        for thread in threads:
+            thread.join(timeout=5)
+
+
+def http_get(port: int, host_header: str, path: str = "/") -> tuple[int, dict[str, Any]]:
+    """GET through haproxy: (status, JSON body or {})."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers={"Host": host_header}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        err.read()
+        return err.code, {}
+
+
+def served_by(port: int, host_header: str, path: str = "/") -> str | int:
+    """The backend name that answered, or the status when haproxy answered itself."""
+    status, body = http_get(port, host_header, path)
+    return str(body["name"]) if status == 200 else status
+
+
+# --- model builders ---------------------------------------------------------------------------
+
+
+def ref(name: str) -> ContainerRef:
+    return ContainerRef(id=hashlib.sha256(name.encode()).hexdigest(), name=name)
+
+
+def srv(address: str, port: int = 8080, weight: int = 1, name: str = "app-1") -> Server:
+    return Server(address=address, port=port, weight=weight, container=ref(name))
+
+
+def ups(name: str, *servers: Server, balance: str = "round_robin") -> Upstream:
+    return Upstream(name=name, balance=balance, servers=servers)
+
+
+def host(name: str, *routes: tuple[str, Upstream]) -> Host:
+    ordered = sorted(routes, key=lambda r: (-len(r[0]), r[0]))
+    return Host(name=name, routes=tuple(Route(path=p, upstream=u) for p, u in ordered))
+
+
+def model(*hosts: Host, extra: tuple[Upstream, ...] = ()) -> RoutingModel:
+    by_name = {r.upstream.name: r.upstream for h in hosts for r in h.routes}
+    by_name.update({u.name: u for u in extra})
+    return RoutingModel(
+        hosts=tuple(sorted(hosts, key=lambda h: h.name)),
+        upstreams=tuple(by_name[n] for n in sorted(by_name)),
+        containers=(),
+    )
+
+
+def target(**overrides: Any) -> TargetConfig:
+    values: dict[str, Any] = {
+        "name": "haproxy",
+        "template": "builtin:haproxy",
+        "output": Path("/etc/haproxy/haproxy.cfg"),
+        "check_command": ("haproxy", "-c", "-f", "/etc/haproxy/haproxy.cfg"),
+        "signal": "USR2",
+        "reload_command": (),
+    }
+    values.update(overrides)
+    return TargetConfig(**values)
+
+
+def runtime_target(**overrides: Any) -> TargetConfig:
+    values: dict[str, Any] = {
+        "reload": "haproxy-runtime",
+        "runtime_socket": Path("/run/haproxy/admin.sock"),
+        "slots": 4,
+    }
+    values.update(overrides)
+    return target(**values)
+
+
+def render_cfg(
+    compiled: CompiledTemplate,
+    routing: RoutingModel,
+    tgt: TargetConfig,
+    slots: SlotView | None = None,
+) -> str:
+    return render(compiled, routing, tgt, slots=slots)
+
+
+WEB = ups("lbsync_web_example_com_1a2b3c4d", srv("172.18.0.2", name="web-1"))
+
+# --- golden fixtures --------------------------------------------------------------------------
+
+Rendered = tuple[RoutingModel, TargetConfig, SlotView | None]
+Fixture = Callable[[], Rendered]
+
+
+def fx_empty() -> Rendered:
+    return model(), target(), None
+
+
+def fx_one_host() -> Rendered:
+    return model(host("web.example.com", ("/", WEB))), target(), None
+
+
+def fx_two_hosts() -> Rendered:
+    shop = ups(
+        "lbsync_shop_example_com_5e6f7a8b",
+        srv("172.18.0.3", 3000, name="shop-1"),
+        srv("172.18.0.4", 3000, name="shop-2"),
+    )
+    routing = model(host("web.example.com", ("/", WEB)), host("shop.example.com", ("/", shop)))
+    return routing, target(), None
+
+
+def fx_paths_longest_first() -> Rendered:
+    v2 = ups("lbsync_api_example_com_api_v2_0c0c0c0c", srv("172.18.0.5", 9000, name="api-v2"))
+    api = ups("lbsync_api_example_com_api_0b0b0b0b", srv("172.18.0.6", 9000, name="api-v1"))
+    site = ups("lbsync_api_example_com_0a0a0a0a", srv("172.18.0.7", 80, name="site"))
+    routing = model(host("api.example.com", ("/", site), ("/api", api), ("/api/v2", v2)))
+    return routing, target(), None
+
+
+def fx_empty_backend_503() -> Rendered:
+    down = ups("lbsync_down_example_com_dddddddd")
+    half_down = ups("lbsync_mixed_example_com_admin_eeeeeeee")
+    routing = model(
+        host("down.example.com", ("/", down)),
+        host("mixed.example.com", ("/", WEB), ("/admin", half_down)),
+    )
+    return routing, target(), None
+
+
+def fx_no_root_path_404() -> Rendered:
+    api = ups("lbsync_api_example_com_api_0b0b0b0b", srv("172.18.0.6", 9000, name="api-v1"))
+    return model(host("api.example.com", ("/api", api))), target(), None
+
+
+def fx_weights_and_every_balance() -> Rendered:
+    rr = ups(
+        "lbsync_rr_example_com_11111111",
+        srv("172.18.0.10", weight=1, name="rr-1"),
+        srv("172.18.0.11", weight=3, name="rr-2"),
+        balance="round_robin",
+    )
+    lc = ups(
+        "lbsync_lc_example_com_22222222",
+        srv("172.18.0.12", weight=256, name="lc-1"),
+        srv("172.18.0.13", weight=1, name="lc-2"),
+        balance="least_conn",
+    )
+    ih = ups(
+        "lbsync_ih_example_com_33333333",
+        srv("172.18.0.14", weight=2, name="ih-1"),
+        srv("172.18.0.15", weight=7, name="ih-2"),
+        balance="ip_hash",
+    )
+    routing = model(
+        host("rr.example.com", ("/", rr)),
+        host("lc.example.com", ("/", lc)),
+        host("ih.example.com", ("/", ih)),
+    )
+    return routing, target(), None
+
+
+def fx_wildcard_and_exact_order() -> Rendered:
+    tenants = ups("lbsync_wildcard_example_com_44444444", srv("172.18.0.20", name="tenants"))
+    eu = ups("lbsync_wildcard_eu_example_com_55555555", srv("172.18.0.21", name="eu"))
+    b = ups("lbsync_wildcard_b_example_com_56565656", srv("172.18.0.22", name="b"))
+    eu_api = ups("lbsync_api_eu_example_com_57575757", srv("172.18.0.23", name="eu-api"))
+    routing = model(
+        host("*.example.com", ("/", tenants)),
+        host("*.eu.example.com", ("/", eu), ("/api", eu_api)),
+        host("*.b.example.com", ("/", b)),
+        host("api.eu.example.com", ("/", eu_api)),
+        host("www.example.com", ("/", WEB)),
+    )
+    return routing, target(), None
+
+
+def fx_listen_bare_port() -> Rendered:
+    return model(host("web.example.com", ("/", WEB))), target(listen="8080"), None
+
+
+def fx_listen_addr_port() -> Rendered:
+    return model(host("web.example.com", ("/", WEB))), target(listen="127.0.0.1:8080"), None
+
+
+def fx_listen_ipv6_any() -> Rendered:
+    return model(host("web.example.com", ("/", WEB))), target(listen="[::]:8080"), None
+
+
+def fx_listen_star() -> Rendered:
+    return model(host("web.example.com", ("/", WEB))), target(listen="*:8080"), None
+
+
+def fx_default_server_off() -> Rendered:
+    return model(host("web.example.com", ("/", WEB))), target(default_server=False), None
+
+
+def fx_ipv6_server() -> Rendered:
+    dual = ups(
+        "lbsync_v6_example_com_66666666",
+        srv("172.18.0.30", name="v6-1"),
+        srv("fd00:dead:beef::2", name="v6-2"),
+        srv("2001:db8::1", 8443, name="v6-3"),
+    )
+    return model(host("v6.example.com", ("/", dual))), target(), None
+
+
+def _runtime_model() -> RoutingModel:
+    web = ups(
+        "lbsync_web_example_com_1a2b3c4d",
+        srv("172.18.0.2", name="web-1", weight=5),
+        srv("fd00::3", 8443, name="web-2"),
+    )
+    api = ups(
+        "lbsync_api_example_com_0b0b0b0b",
+        *(srv(f"172.18.0.{10 + i}", 9000, name=f"api-{i}") for i in range(1, 6)),
+        balance="least_conn",
+    )
+    down = ups("lbsync_down_example_com_dddddddd", balance="ip_hash")
+    return model(
+        host("web.example.com", ("/", web), ("/api", api)), host("down.example.com", ("/", down))
+    )
+
+
+def fx_runtime_slots() -> Rendered:
+    """Filled and empty slots: web-2 kept slot 3 from a previous pass, api grew to 8 slots,
+    down has only placeholders."""
+    earlier = ups(
+        "lbsync_web_example_com_1a2b3c4d",
+        srv("172.18.0.9", name="web-0"),
+        srv("172.18.0.8", name="web-00"),
+        srv("fd00::3", 8443, name="web-2"),
+    )
+    first = assign_slots(None, model(host("web.example.com", ("/", earlier))), 4)
+    routing = _runtime_model()
+    table = assign_slots(first, routing, 4)
+    return routing, runtime_target(), slot_view(table, routing)
+
+
+def fx_stats_socket_without_slots() -> Rendered:
+    """A runtime socket (say for `reload: haproxy-master` users' own tooling), no slots."""
+    tgt = target(reload="haproxy-master", runtime_socket=Path("/run/haproxy/admin.sock"))
+    return model(host("web.example.com", ("/", WEB))), tgt, None
+
+
+def fx_stats_socket_path_from_vars() -> Rendered:
+    """lbsync connects to /srv/lbsync/run/admin.sock; haproxy sees /run/haproxy/admin.sock."""
+    tgt = runtime_target(
+        runtime_socket=Path("/srv/lbsync/run/admin.sock"),
+        vars={"stats_socket": "/run/haproxy/admin.sock"},
+    )
+    return model(host("web.example.com", ("/", WEB))), tgt, None
+
+
+def fx_hostile_valid_values() -> Rendered:
+    """Odd values the label parser accepts: each stays one token of the config."""
+    odd = ups("My.App-1_x", srv("172.18.0.40", 65535, weight=256, name="odd"))
+    punycode = ups("lbsync_xn_bcher_kva_example_77777777", srv("172.18.0.41", 1, name="p"))
+    long_host = ("a" * 63 + ".") * 3 + "example"
+    routing = model(
+        host("odd.example.com", ("/a%20b/~user/.x-y_z", odd), ("/", punycode)),
+        host("xn--bcher-kva.example", ("/", punycode)),
+        host("*.a-b.example", ("/%7e/", odd)),
+        host(long_host, ("/", odd)),
+    )
+    tgt = runtime_target(runtime_socket=Path("/run/lb sync/it's admin.sock"))
+    return routing, tgt, None
+
+
+def fx_hostile_quoted_path() -> Rendered:
+    """A path the label parser would refuse: the template still keeps it one argument."""
+    odd = ups("lbsync_odd_88888888", srv("172.18.0.42", name="odd"))
+    return model(host("odd.example.com", ("/we ird;{}#'\"\\$HOME%[src]", odd))), target(), None
+
+
+FIXTURES: dict[str, Fixture] = {
+    "empty": fx_empty,
+    "one_host": fx_one_host,
+    "two_hosts": fx_two_hosts,
+    "paths_longest_first": fx_paths_longest_first,
+    "empty_backend_503": fx_empty_backend_503,
+    "no_root_path_404": fx_no_root_path_404,
+    "weights_and_every_balance": fx_weights_and_every_balance,
+    "wildcard_and_exact_order": fx_wildcard_and_exact_order,
+    "listen_bare_port": fx_listen_bare_port,
+    "listen_addr_port": fx_listen_addr_port,
+    "listen_ipv6_any": fx_listen_ipv6_any,
+    "listen_star": fx_listen_star,
+    "default_server_off": fx_default_server_off,
+    "ipv6_server": fx_ipv6_server,
+    "runtime_slots": fx_runtime_slots,
+    "stats_socket_without_slots": fx_stats_socket_without_slots,
+    "stats_socket_path_from_vars": fx_stats_socket_path_from_vars,
+    "hostile_valid_values": fx_hostile_valid_values,
+    "hostile_quoted_path": fx_hostile_quoted_path,
+}
+
+
+@pytest.fixture(scope="module")
+def haproxy_template() -> CompiledTemplate:
+    return load_template(target())
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_golden(name: str, haproxy_template: CompiledTemplate) -> None:
+    routing, tgt, slots = FIXTURES[name]()
+    text = render_cfg(haproxy_template, routing, tgt, slots)
+    golden = GOLDEN_DIR / f"{name}.cfg"
+    if UPDATE_GOLDEN:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text, encoding="utf-8")
+    assert golden.exists(), f"{golden} is missing: run with LBSYNC_UPDATE_GOLDEN=1"
+    assert text == golden.read_text(encoding="utf-8")
+
+
+def test_every_golden_file_has_a_fixture() -> None:
+    assert sorted(p.stem for p in GOLDEN_DIR.glob("*.cfg")) == sorted(FIXTURES)
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_golden_passes_haproxy_c(name: str) -> None:
+    haproxy_check(GOLDEN_DIR / f"{name}.cfg")
+
+
+# --- what the builtin template promises -------------------------------------------------------
+
+
+def _golden(name: str) -> str:
+    return (GOLDEN_DIR / f"{name}.cfg").read_text(encoding="utf-8")
+
+
+def _frontend_rules(text: str) -> list[str]:
+    return [ln.strip() for ln in text.splitlines() if ln.strip().startswith("use_backend")]
+
+
+def _acls(text: str) -> dict[str, str]:
+    found = re.findall(r"^\s+acl (\S+) var\(txn\.lbsync_host\) -m \w+ -- (\S+)$", text, re.M)
+    return dict(found)
+
+
+def _backend_servers(text: str) -> dict[str, list[str]]:
+    backends: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("backend "):
+            current = backends.setdefault(line.split(None, 1)[1], [])
+        elif line.startswith(("frontend ", "global", "defaults")):
+            current = None
+        elif current is not None and line.strip().startswith("server "):
+            current.append(line.strip())
+    return backends
+
+
+def test_complete_config_shape() -> None:
+    text = _golden("one_host")
+    assert text.startswith("# Generated by lbsync")
+    for section in ("\nglobal\n", "\ndefaults\n", "\nfrontend lbsync\n", "\nbackend "):
+        assert section in text
+    for line in (
+        "master-worker",
+        "mode http",
+        "option forwardfor",
+        "option redispatch",
+        "retries 2",
+        "timeout connect 5s",
+        "timeout client 60s",
+        "timeout server 60s",
+        "timeout tunnel 1h",
+        "default_backend _lbsync_unknown_host",
+        "http-request deny deny_status 503",
+    ):
+        assert f"\n    {line}\n" in text, line
+    assert "daemon" not in text.split("\ndefaults")[0].replace("# No `daemon`", "")
+    assert "http-server-close" not in text
+    assert "stats socket" not in text  # only with target.runtime_socket
+
+
+def test_stats_socket_line() -> None:
+    assert (
+        "    stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners\n"
+        in _golden("runtime_slots")
+    )
+    assert "stats socket /run/haproxy/admin.sock mode" in _golden("stats_socket_path_from_vars")
+    assert "/srv/lbsync" not in _golden("stats_socket_path_from_vars")
+    assert (
+        "    stats socket '/run/lb sync/it'\\''s admin.sock' mode 600 level admin "
+        "expose-fd listeners\n" in _golden("hostile_valid_values")
+    )
+
+
+@pytest.mark.parametrize(
+    ("listen", "bind"),
+    [
+        ("80", "bind :80"),
+        ("8080", "bind :8080"),
+        ("127.0.0.1:8080", "bind 127.0.0.1:8080"),
+        ("0.0.0.0:80", "bind 0.0.0.0:80"),
+        ("[::]:8080", "bind [::]:8080"),
+        ("*:8080", "bind *:8080"),
+    ],
+)
+def test_bind_forms(haproxy_template: CompiledTemplate, listen: str, bind: str) -> None:
+    text = render_cfg(haproxy_template, model(), target(listen=listen))
+    assert [ln.strip() for ln in text.splitlines() if "bind " in ln] == [bind]
+
+
+def test_exact_hosts_first_then_wildcards_longest_suffix_first() -> None:
+    text = _golden("wildcard_and_exact_order")
+    acls = _acls(text)
+    order = [acls[rule.split(" if ")[1].split()[0]] for rule in _frontend_rules(text)]
+    assert order == [
+        "api.eu.example.com",
+        "www.example.com",
+        ".eu.example.com",  # *.eu.example.com: /api, then /
+        ".eu.example.com",
+        ".b.example.com",
+        ".example.com",
+    ]
+    assert "-m end -- .eu.example.com" in text and "-m str -- www.example.com" in text
+
+
+def test_paths_longest_first() -> None:
+    rules = _frontend_rules(_golden("paths_longest_first"))
+    assert [r.split(" if ")[1] for r in rules] == [
+        "lbsync_host1 { path -m beg -- /api/v2 }",
+        "lbsync_host1 { path -m beg -- /api }",
+        "lbsync_host1",
+    ]
+
+
+def test_balance_mapping() -> None:
+    text = _golden("weights_and_every_balance")
+    assert "backend lbsync_rr_example_com_11111111\n    balance roundrobin\n" in text
+    assert "backend lbsync_lc_example_com_22222222\n    balance leastconn\n" in text
+    assert (
+        "backend lbsync_ih_example_com_33333333\n    balance source\n    hash-type consistent\n"
+        in text
+    )
+    assert "server s1 172.18.0.12:8080 weight 256" in text
+
+
+def test_no_root_path_and_empty_backend() -> None:
+    text = _golden("no_root_path_404")
+    assert _frontend_rules(text)[-1] == "use_backend _lbsync_no_route if lbsync_host1"
+    assert "backend _lbsync_no_route\n    http-request deny deny_status 404\n" in text
+    servers = _backend_servers(_golden("empty_backend_503"))
+    assert servers["lbsync_down_example_com_dddddddd"] == []
+
+
+def test_default_server_off_has_no_catch_all() -> None:
+    text = _golden("default_server_off")
+    assert "default_backend" not in text and "_lbsync_unknown_host" not in text
+
+
+def test_runtime_slots_render_one_server_line_per_slot() -> None:
+    _, _, view = fx_runtime_slots()
+    assert view is not None
+    servers = _backend_servers(_golden("runtime_slots"))
+    assert servers["lbsync_down_example_com_dddddddd"] == [
+        f"server s{i} 127.0.0.1:1 disabled" for i in range(1, 5)
+    ]
+    assert servers["lbsync_web_example_com_1a2b3c4d"] == [
+        "server s1 172.18.0.2:8080 weight 5",
+        "server s2 127.0.0.1:1 disabled",
+        "server s3 [fd00::3]:8443 weight 1",
+        "server s4 127.0.0.1:1 disabled",
+    ]
+    assert len(servers["lbsync_api_example_com_0b0b0b0b"]) == 8  # grew from 4
+    # Every command names a backend and server the template rendered.
+    empty = {name: tuple(Slot(s.index, None) for s in slots) for name, slots in view.items()}
+    for command in runtime_commands(empty, view):
+        backend, server = command.split()[2].split("/")  # set server|weight B/S ...
+        assert any(line.startswith(f"server {server} ") for line in servers[backend]), command
+
+
+def test_slots_none_renders_the_real_servers(haproxy_template: CompiledTemplate) -> None:
+    routing = _runtime_model()
+    tgt = runtime_target()
+    assert render_cfg(haproxy_template, routing, tgt, None) == render(
+        haproxy_template, routing, tgt
+    )
+    explicit = haproxy_template.template.render(
+        target=tgt,
+        vars={},
+        hosts=routing.hosts,
+        upstreams=routing.upstreams,
+        containers=(),
+        slots=None,
+    )
+    assert explicit == render(haproxy_template, routing, tgt)
+    assert "disabled" not in explicit
+
+
+def test_hostile_path_stays_one_argument() -> None:
+    rules = _frontend_rules(_golden("hostile_quoted_path"))
+    assert rules[0] == (
+        "use_backend lbsync_odd_88888888 if lbsync_host1 "
+        "{ path -m beg -- '/we ird;{}#'\\''\"\\$HOME%[src]' }"
+    )
+
+
+def test_host_with_newline_is_a_template_error(haproxy_template: CompiledTemplate) -> None:
+    routing = model(host("a.test\nbackend evil", ("/", WEB)))
+    with pytest.raises(TemplateError, match="newline"):
+        render(haproxy_template, routing, target())
+
+
+def test_render_is_deterministic(haproxy_template: CompiledTemplate) -> None:
+    routing, tgt, slots = fx_runtime_slots()
+    first = render_cfg(haproxy_template, routing, tgt, slots)
+    again = render_cfg(load_template(tgt), *fx_runtime_slots())
+    assert first == again
+
+
+# --- the builtin template in a live haproxy ---------------------------------------------------
+
+
+def test_builtin_haproxy_live(sock_dir: Path) -> None:
+    """Host and path routing, wildcard precedence, the 503s and 404, headers: for real."""
+    with http_backends("a", "b") as apps:
+        a = ups("app_a", srv("127.0.0.1", apps["a"].port, name="a"))
+        b = ups("app_b", srv("127.0.0.1", apps["b"].port, name="b"))
+        routing = model(
+            host("web.test", ("/", a), ("/api", b)),
+            host("exact.wild.test", ("/", a)),
+            host("*.wild.test", ("/", b)),
+            host("down.test", ("/", ups("down"))),
+            host("noroot.test", ("/api", a)),
+        )
+        port = free_port()
+        tgt = target(listen=f"127.0.0.1:{port}")
+        cfg = sock_dir / "haproxy.cfg"
+        cfg.write_text(render(load_template(tgt), routing, tgt), encoding="utf-8")
+        haproxy_check(cfg)
+        with run_haproxy(cfg, sock_dir / "master.sock", port) as running:
+            assert served_by(port, "web.test") == "a"
+            assert served_by(port, "web.test", "/api/users?x=1") == "b"
+            assert served_by(port, "web.test", "/apix") == "b"  # a raw prefix, as documented
+            assert served_by(port, "WEB.test:8080") == "a"  # port stripped, lowercased
+            assert served_by(port, "exact.wild.test") == "a"  # exact beats the wildcard
+            assert served_by(port, "foo.wild.test") == "b"
+            assert served_by(port, "a.b.wild.test") == "b"
+            assert served_by(port, "wild.test") == 503  # *.wild.test is not wild.test
+            assert served_by(port, "down.test") == 503  # a backend with no servers
+            assert served_by(port, "noroot.test", "/api/x") == "a"
+            assert served_by(port, "noroot.test", "/") == 404  # known host, unrouted path
+            assert served_by(port, "unknown.test") == 503  # the catch-all
+            status, body = http_get(port, "web.test", "/some/page")
+            assert status == 200 and body["path"] == "/some/page"
+            headers = body["headers"]
+            assert headers["host"] == "web.test"
+            assert headers["x-forwarded-for"] == "127.0.0.1"
+            assert headers["x-real-ip"] == "127.0.0.1"
+            assert headers["x-forwarded-proto"] == "http"
+            assert headers["x-forwarded-host"] == "web.test"
+            assert running.proc.poll() is None

@@ -1,0 +1,437 @@
+"""Server slots for `reload: haproxy-runtime` (lbsync/haproxy.py): pure table tests.
+
+assign_slots: a container keeps its slot while it lives, newcomers take the lowest free
+slots in model order, a full backend doubles, a removal frees its slot, the result is
+deterministic. structure_key: changes only with hosts, routes, backends, balance or slot
+counts. runtime_commands: the runtime API commands between two slot views.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from lbsync.haproxy import (
+    BackendSlots,
+    Slot,
+    SlotTable,
+    assign_slots,
+    runtime_commands,
+    slot_server_name,
+    slot_view,
+    structure_key,
+)
+from lbsync.model import ContainerRef, Host, Route, RoutingModel, Server, Upstream
+
+# --- builders -------------------------------------------------------------------------------
+
+
+def cid(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def server(name: str, port: int = 8080, weight: int = 1, address: str | None = None) -> Server:
+    """A server for container `name`; its address is derived from the name unless given."""
+    if address is None:
+        address = f"172.18.0.{int(cid(name)[:2], 16) % 250 + 2}"
+    return Server(
+        address=address, port=port, weight=weight, container=ContainerRef(cid(name), name)
+    )
+
+
+def upstream(name: str, *servers: Server, balance: str = "round_robin") -> Upstream:
+    ordered = sorted(servers, key=lambda s: (s.container.name, s.port))
+    return Upstream(name=name, balance=balance, servers=tuple(ordered))
+
+
+def routing(*upstreams: Upstream, hosts: Sequence[Host] | None = None) -> RoutingModel:
+    """A model with one host per upstream (`<name>.test` -> it) unless hosts are given."""
+    if hosts is None:
+        hosts = [Host(f"{u.name}.test", (Route("/", u),)) for u in upstreams]
+    return RoutingModel(
+        hosts=tuple(sorted(hosts, key=lambda h: h.name)),
+        upstreams=tuple(sorted(upstreams, key=lambda u: u.name)),
+        containers=(),
+    )
+
+
+Members = Mapping[int, str | tuple[str, int]]  # slot -> container name, or (name, port)
+
+
+def table(spec: Mapping[str, tuple[int, Members]]) -> SlotTable:
+    """{backend: (capacity, {slot: container name or (name, port)})} -> SlotTable."""
+    backends = {}
+    for name, (capacity, members) in spec.items():
+        assigned = []
+        for index, who in sorted(members.items()):
+            container, port = (who, 8080) if isinstance(who, str) else who
+            assigned.append((index, (cid(container), port)))
+        backends[name] = BackendSlots(capacity, tuple(assigned))
+    return SlotTable.of(backends)
+
+
+# --- assign_slots ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    previous: Mapping[str, tuple[int, Members]] | None
+    model: Mapping[str, Sequence[str | tuple[str, int]]]  # backend -> containers (or (c, port))
+    expected: Mapping[str, tuple[int, Members]]
+    slots: int = 4
+
+
+def _model_of(spec: Mapping[str, Sequence[str | tuple[str, int]]]) -> RoutingModel:
+    ups = []
+    for name, members in spec.items():
+        servers = [server(m) if isinstance(m, str) else server(m[0], port=m[1]) for m in members]
+        ups.append(upstream(name, *servers))
+    return routing(*ups)
+
+
+ASSIGN_CASES: dict[str, Case] = {
+    "first pass: container name order": Case(
+        previous=None,
+        model={"web": ["web-b", "web-a", "web-c"]},
+        expected={"web": (4, {1: "web-a", 2: "web-b", 3: "web-c"})},
+    ),
+    "empty backend keeps its slots": Case(
+        previous=None,
+        model={"down": []},
+        expected={"down": (4, {})},
+    ),
+    "a container keeps its slot": Case(
+        previous={"web": (4, {3: "web-a", 1: "web-b"})},
+        model={"web": ["web-a", "web-b"]},
+        expected={"web": (4, {1: "web-b", 3: "web-a"})},
+    ),
+    "a newcomer takes the lowest free slot": Case(
+        previous={"web": (4, {1: "web-a", 3: "web-c"})},
+        model={"web": ["web-a", "web-c", "web-z"]},
+        expected={"web": (4, {1: "web-a", 2: "web-z", 3: "web-c"})},
+    ),
+    "newcomers fill free slots in model order": Case(
+        previous={"web": (4, {2: "web-m"})},
+        model={"web": ["web-m", "web-y", "web-x", "web-z"]},
+        expected={"web": (4, {1: "web-x", 2: "web-m", 3: "web-y", 4: "web-z"})},
+    ),
+    "a removal frees its slot, others stay": Case(
+        previous={"web": (4, {1: "web-a", 2: "web-b", 3: "web-c"})},
+        model={"web": ["web-a", "web-c"]},
+        expected={"web": (4, {1: "web-a", 3: "web-c"})},
+    ),
+    "a freed slot goes to the next newcomer": Case(
+        previous={"web": (4, {1: "web-a", 2: "web-b", 3: "web-c"})},
+        model={"web": ["web-a", "web-c", "web-d"]},
+        expected={"web": (4, {1: "web-a", 2: "web-d", 3: "web-c"})},
+    ),
+    "a full backend doubles": Case(
+        previous={"web": (4, {1: "w1", 2: "w2", 3: "w3", 4: "w4"})},
+        model={"web": ["w1", "w2", "w3", "w4", "w5"]},
+        expected={"web": (8, {1: "w1", 2: "w2", 3: "w3", 4: "w4", 5: "w5"})},
+    ),
+    "it doubles until everything fits": Case(
+        previous=None,
+        model={"web": [f"w{i:02}" for i in range(1, 10)]},
+        slots=2,
+        expected={"web": (16, {i: f"w{i:02}" for i in range(1, 10)})},
+    ),
+    "capacity never shrinks": Case(
+        previous={"web": (8, {5: "w5"})},
+        model={"web": ["w5"]},
+        expected={"web": (8, {5: "w5"})},
+    ),
+    "a larger slots setting raises capacity": Case(
+        previous={"web": (4, {1: "w1"})},
+        model={"web": ["w1"]},
+        slots=6,
+        expected={"web": (6, {1: "w1"})},
+    ),
+    "a gone backend is dropped, a new one starts fresh": Case(
+        previous={"old": (8, {1: "o1"}), "web": (4, {2: "w2"})},
+        model={"web": ["w2"], "new": ["n1"]},
+        expected={"new": (4, {1: "n1"}), "web": (4, {2: "w2"})},
+    ),
+    "same container, two ports: two slots": Case(
+        previous={"web": (4, {2: ("w1", 9000)})},
+        model={"web": [("w1", 8080), ("w1", 9000)]},
+        expected={"web": (4, {1: ("w1", 8080), 2: ("w1", 9000)})},
+    ),
+    "a container moving to another backend gets a slot there": Case(
+        previous={"a": (4, {1: "x"}), "b": (4, {})},
+        model={"a": [], "b": ["x"]},
+        expected={"a": (4, {}), "b": (4, {1: "x"})},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(ASSIGN_CASES))
+def test_assign_slots(name: str) -> None:
+    case = ASSIGN_CASES[name]
+    previous = table(case.previous) if case.previous is not None else None
+    got = assign_slots(previous, _model_of(case.model), case.slots)
+    assert got == table(case.expected)
+
+
+def test_assign_slots_is_deterministic() -> None:
+    spec = {"web": [f"w{i}" for i in range(7)], "api": ["a1", "a2"], "down": []}
+    previous = table({"web": (4, {4: "w3", 2: "w0"}), "api": (4, {3: "a2"})})
+    results = {assign_slots(previous, _model_of(spec), 4) for _ in range(5)}
+    assert len(results) == 1  # hashable and equal every time
+    # The servers' order inside the model does not matter, only their names.
+    shuffled = routing(
+        upstream("web", *reversed([server(f"w{i}") for i in range(7)])),
+        upstream("api", server("a2"), server("a1")),
+        upstream("down"),
+    )
+    assert assign_slots(previous, shuffled, 4) == results.pop()
+
+
+def test_assign_slots_rejects_zero_slots() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        assign_slots(None, _model_of({"web": ["w1"]}), 0)
+
+
+def test_a_container_keeps_its_slot_through_churn() -> None:
+    """Many passes of arrivals and departures: a survivor never moves."""
+    current: SlotTable | None = None
+    alive: list[str] = []
+    seen: dict[str, int] = {}
+    for step in range(40):
+        if step % 3 == 2 and alive:
+            alive.pop(step % len(alive))
+        else:
+            alive.append(f"c{step:02}")
+        current = assign_slots(current, _model_of({"web": alive}), 2)
+        slots = current["web"]
+        for name in alive:
+            index = slots.slot_of((cid(name), 8080))
+            assert index is not None
+            assert seen.setdefault(name, index) == index, f"{name} moved at step {step}"
+        assert len(slots.assigned) == len(alive)
+
+
+def test_backend_slots_validate() -> None:
+    with pytest.raises(ValueError, match="at least one slot"):
+        BackendSlots(0)
+    with pytest.raises(ValueError, match=r"within 1\.\.2"):
+        BackendSlots(2, ((3, ("x", 1)),))
+    with pytest.raises(ValueError, match="unique and sorted"):
+        BackendSlots(4, ((2, ("x", 1)), (1, ("y", 1))))
+    with pytest.raises(ValueError, match="more than one slot"):
+        BackendSlots(4, ((1, ("x", 1)), (2, ("x", 1))))
+    with pytest.raises(ValueError, match="sorted by name"):
+        SlotTable((("b", BackendSlots(1)), ("a", BackendSlots(1))))
+    slots = BackendSlots(4, ((1, ("x", 1)), (3, ("y", 1))))
+    assert slots.free() == [2, 4]
+    assert slots.as_dict() == {1: ("x", 1), 3: ("y", 1)}
+    assert slots.slot_of(("y", 1)) == 3 and slots.slot_of(("z", 1)) is None
+
+
+# --- slot_view --------------------------------------------------------------------------------
+
+
+def test_slot_view_lists_every_slot_with_its_server() -> None:
+    a, b = server("web-a", weight=3), server("web-b", address="fd00::2")
+    model = routing(upstream("web", a, b), upstream("down"))
+    view = slot_view(table({"web": (4, {2: "web-a", 4: "web-b"}), "down": (2, {})}), model)
+    assert list(view) == ["down", "web"]
+    assert view["web"] == (Slot(1, None), Slot(2, a), Slot(3, None), Slot(4, b))
+    assert view["down"] == (Slot(1, None), Slot(2, None))
+    assert [s.name for s in view["web"]] == ["s1", "s2", "s3", "s4"]
+    assert slot_server_name(12) == "s12"
+
+
+def test_slot_view_needs_a_matching_table() -> None:
+    model = routing(upstream("web", server("web-a")))
+    with pytest.raises(ValueError, match="no slots"):
+        slot_view(table({"api": (4, {})}), model)
+    with pytest.raises(ValueError, match="without a slot"):
+        slot_view(table({"web": (4, {1: "web-z"})}), model)
+
+
+# --- structure_key ----------------------------------------------------------------------------
+
+
+def _key_of(model: RoutingModel, previous: SlotTable | None = None, slots: int = 4) -> object:
+    return structure_key(model, assign_slots(previous, model, slots))
+
+
+def test_structure_key_ignores_servers() -> None:
+    base = routing(upstream("web", server("w1")), upstream("api"))
+    churned = routing(
+        upstream("web", server("w2", weight=7), server("w3", address="10.0.0.9")),
+        upstream("api", server("a1", port=9000)),
+    )
+    assert _key_of(base) == _key_of(churned)
+
+
+STRUCTURE_CHANGES: dict[str, RoutingModel] = {
+    "a host added": routing(
+        upstream("web", server("w1")),
+        hosts=[
+            Host("web.test", (Route("/", upstream("web", server("w1"))),)),
+            Host("www.test", (Route("/", upstream("web", server("w1"))),)),
+        ],
+    ),
+    "a route added": routing(
+        upstream("web", server("w1")),
+        upstream("api"),
+        hosts=[
+            Host(
+                "web.test",
+                (Route("/api", upstream("api")), Route("/", upstream("web", server("w1")))),
+            ),
+        ],
+    ),
+    "a backend renamed": routing(upstream("site", server("w1"))),
+    "balance changed": routing(upstream("web", server("w1"), balance="least_conn")),
+    "capacity grew": routing(upstream("web", *(server(f"w{i}") for i in range(5)))),
+}
+
+
+@pytest.mark.parametrize("name", list(STRUCTURE_CHANGES))
+def test_structure_key_changes(name: str) -> None:
+    base = routing(upstream("web", server("w1")))
+    base_table = assign_slots(None, base, 4)
+    changed = STRUCTURE_CHANGES[name]
+    assert structure_key(base, base_table) != _key_of(changed, base_table)
+
+
+def test_structure_key_is_hashable_and_stable() -> None:
+    model = routing(upstream("web", server("w1")), upstream("api", server("a1")))
+    assert hash(_key_of(model)) == hash(_key_of(model))
+
+
+# --- runtime_commands -------------------------------------------------------------------------
+
+
+def _view(spec: Mapping[str, tuple[int, Mapping[int, Server]]]) -> dict[str, tuple[Slot, ...]]:
+    return {
+        name: tuple(Slot(i, members.get(i)) for i in range(1, capacity + 1))
+        for name, (capacity, members) in spec.items()
+    }
+
+
+A = server("web-a", 8080, weight=2, address="172.18.0.2")
+B = server("web-b", 3000, weight=1, address="172.18.0.3")
+C6 = server("web-c", 8443, weight=256, address="fd00:dead:beef::2")
+
+RUNTIME_CASES: dict[
+    str,
+    tuple[
+        Mapping[str, tuple[int, Mapping[int, Server]]],
+        Mapping[str, tuple[int, Mapping[int, Server]]],
+        list[str],
+    ],
+] = {
+    "nothing changed": (
+        {"web": (2, {1: A})},
+        {"web": (2, {1: A})},
+        [],
+    ),
+    "a server arrives": (
+        {"web": (2, {1: A})},
+        {"web": (2, {1: A, 2: B})},
+        [
+            "set server web/s2 addr 172.18.0.3 port 3000",
+            "set weight web/s2 1",
+            "set server web/s2 state ready",
+        ],
+    ),
+    "a server leaves": (
+        {"web": (2, {1: A, 2: B})},
+        {"web": (2, {2: B})},
+        ["set server web/s1 state maint", "set server web/s1 addr 127.0.0.1 port 1"],
+    ),
+    "a weight changes": (
+        {"web": (2, {1: A})},
+        {"web": (2, {1: server("web-a", 8080, weight=9, address="172.18.0.2")})},
+        [
+            "set server web/s1 addr 172.18.0.2 port 8080",
+            "set weight web/s1 9",
+            "set server web/s1 state ready",
+        ],
+    ),
+    "a restarted container got a new address": (
+        {"web": (2, {1: A})},
+        {"web": (2, {1: server("web-a", 8080, weight=2, address="172.18.0.99")})},
+        [
+            "set server web/s1 addr 172.18.0.99 port 8080",
+            "set weight web/s1 2",
+            "set server web/s1 state ready",
+        ],
+    ),
+    "a slot changes hands": (
+        {"web": (2, {1: A})},
+        {"web": (2, {1: B})},
+        [
+            "set server web/s1 addr 172.18.0.3 port 3000",
+            "set weight web/s1 1",
+            "set server web/s1 state ready",
+        ],
+    ),
+    "ipv6 without brackets": (
+        {"web": (1, {})},
+        {"web": (1, {1: C6})},
+        [
+            "set server web/s1 addr fd00:dead:beef::2 port 8443",
+            "set weight web/s1 256",
+            "set server web/s1 state ready",
+        ],
+    ),
+    "drains first, across backends, backends sorted": (
+        {"b-api": (2, {1: B}), "a-web": (2, {2: A})},
+        {"b-api": (2, {2: A}), "a-web": (2, {1: B})},
+        [
+            "set server a-web/s2 state maint",
+            "set server a-web/s2 addr 127.0.0.1 port 1",
+            "set server b-api/s1 state maint",
+            "set server b-api/s1 addr 127.0.0.1 port 1",
+            "set server a-web/s1 addr 172.18.0.3 port 3000",
+            "set weight a-web/s1 1",
+            "set server a-web/s1 state ready",
+            "set server b-api/s2 addr 172.18.0.2 port 8080",
+            "set weight b-api/s2 2",
+            "set server b-api/s2 state ready",
+        ],
+    ),
+    "the last server leaves": (
+        {"web": (1, {1: A})},
+        {"web": (1, {})},
+        ["set server web/s1 state maint", "set server web/s1 addr 127.0.0.1 port 1"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(RUNTIME_CASES))
+def test_runtime_commands(name: str) -> None:
+    old, new, expected = RUNTIME_CASES[name]
+    assert runtime_commands(_view(old), _view(new)) == expected
+
+
+def test_runtime_commands_refuse_a_structure_change() -> None:
+    with pytest.raises(ValueError, match="reload instead"):
+        runtime_commands(_view({"web": (2, {})}), _view({"web": (4, {})}))
+    with pytest.raises(ValueError, match="reload instead"):
+        runtime_commands(_view({"web": (2, {})}), _view({"api": (2, {})}))
+
+
+def test_runtime_commands_from_assign_slots() -> None:
+    """The whole pure flow: two passes, the names the commands use are the template's."""
+    first = routing(upstream("web", server("web-a"), server("web-b")))
+    t1 = assign_slots(None, first, 4)
+    second = routing(upstream("web", server("web-b"), server("web-c")))
+    t2 = assign_slots(t1, second, 4)
+    assert structure_key(first, t1) == structure_key(second, t2)
+    c = second.upstreams[0].servers[1]
+    # web-a left and web-c took its slot (the lowest free one) in the same pass.
+    assert t2["web"].as_dict() == {1: (cid("web-c"), 8080), 2: (cid("web-b"), 8080)}
+    assert runtime_commands(slot_view(t1, first), slot_view(t2, second)) == [
+        f"set server web/s1 addr {c.address} port 8080",
+        "set weight web/s1 1",
+        "set server web/s1 state ready",
+    ]
