@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,16 @@ import tenacity
 from lbsync.config import Config, ConfigError, TargetConfig, load_config
 from lbsync.debounce import Debouncer
 from lbsync.docker_api import ApiVersionTooOld, DockerClient, Event, PermissionDenied
+from lbsync.haproxy import (
+    HAProxySocketError,
+    SlotTable,
+    SlotView,
+    apply_runtime,
+    assign_slots,
+    runtime_commands,
+    slot_view,
+    structure_key,
+)
 from lbsync.logs import setup_logging
 from lbsync.metrics import Metrics
 from lbsync.model import Container, RoutingModel
@@ -51,6 +62,22 @@ SHUTDOWN_GRACE = 30.0
 RECENT_CHANGES = 50
 FILE_POLL_INTERVAL = 1.0  # stat() of a few files a second: simpler than inotify, as prompt
 STATE_REASONS = frozenset({NOT_RUNNING, NOT_HEALTHY})
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSlots:
+    """haproxy-runtime: which container holds which server slot of each backend."""
+
+    table: SlotTable
+    view: SlotView
+    structure: Hashable
+
+    @classmethod
+    def derive(
+        cls, previous: RuntimeSlots | None, model: RoutingModel, per_backend: int
+    ) -> RuntimeSlots:
+        table = assign_slots(previous.table if previous else None, model, per_backend)
+        return cls(table, slot_view(table, model), structure_key(model, table))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +108,8 @@ class TargetState:
     last_error: str | None = None
     waiting_for_proxy: bool = False
     retry_delay: float = RETRY_PASS_MIN
+    slots: RuntimeSlots | None = None  # haproxy-runtime: the slots the running HAProxy has
+    reloaded_with: TargetConfig | None = None  # the settings the proxy last reloaded with
     warned_skips: set[str] = field(default_factory=set)
 
 
@@ -167,8 +196,13 @@ class Daemon:
             proxy_networks,
         )
         self._report_model(state, model)
+        slots = None
+        if target.reload == "haproxy-runtime":
+            slots = RuntimeSlots.derive(state.slots, model, target.slots)
         try:
-            data = render(state.template, model, target).encode()
+            data = render(
+                state.template, model, target, slots=slots.view if slots else None
+            ).encode()
         except TemplateError as exc:
             log.error("target %s: %s", target.name, exc)
             state.last_error = str(exc)
@@ -188,28 +222,86 @@ class Daemon:
             state.last_error = None
             state.model = model
             return True
-        if changed:
-            if data == state.rejected:
-                log.debug("target %s: same config as the one refused; waiting", target.name)
-                return False
-            if not await self._write_and_check(state, data, proxies):
-                return False
+        if changed and data == state.rejected:
+            log.debug("target %s: same config as the one refused; waiting", target.name)
+            return False
+        # Only servers moved in or out of slots: no new config, so no check and no reload.
+        servers_only = (
+            changed
+            and slots is not None
+            and state.slots is not None
+            and state.reloaded
+            and not state.reload_pending
+            and state.reloaded_with == target
+            and slots.structure == state.slots.structure
+        )
+        if (
+            servers_only
+            and slots is not None
+            and state.slots is not None
+            and await self._update_runtime(state, data, state.slots, slots, event_times)
+        ):
+            self._record_change(state, model, started, "updated through the runtime API")
+            state.slots = slots
+            return True
+        if changed and not await self._write_and_check(state, data, proxies):
+            return False
         ok = await self._reload(state, proxies, event_times)
         if ok:
-            change = _describe_change(state.model, model)
-            elapsed_ms = (time.monotonic() - started) * 1000
-            log.info(
-                "target %s: reloaded %s in %.0f ms: %s",
-                target.name,
-                ", ".join(p.name for p in proxies) or target.reload,
-                elapsed_ms,
-                change,
-            )
-            self.changes.appendleft(
-                RecentChange(time.time(), target.name, change, round(elapsed_ms, 1))
-            )
-            state.model = model
+            how = "reloaded " + (", ".join(p.name for p in proxies) or target.reload)
+            self._record_change(state, model, started, how)
+            state.slots = slots
+            state.reloaded_with = target
         return ok
+
+    def _record_change(
+        self, state: TargetState, model: RoutingModel, started: float, how: str
+    ) -> None:
+        change = _describe_change(state.model, model)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        log.info("target %s: %s in %.0f ms: %s", state.config.name, how, elapsed_ms, change)
+        self.changes.appendleft(
+            RecentChange(time.time(), state.config.name, change, round(elapsed_ms, 1))
+        )
+        state.model = model
+
+    async def _update_runtime(
+        self,
+        state: TargetState,
+        data: bytes,
+        old: RuntimeSlots,
+        new: RuntimeSlots,
+        event_times: list[int],
+    ) -> bool:
+        """Write the file (it must always describe the truth), then move the slots live."""
+        target = state.config
+        assert target.runtime_socket is not None
+        try:
+            await asyncio.to_thread(write_atomic, target.output, data)
+        except WriteError as exc:
+            log.error("target %s: %s (the old file is untouched)", target.name, exc)
+            self.metrics.writes.labels(target.name, "error").inc()
+            state.last_error = f"write failed: {exc}"
+            return False
+        self.metrics.writes.labels(target.name, "ok").inc()
+        state.on_disk = data
+        commands = runtime_commands(old.view, new.view)
+        try:
+            await apply_runtime(target.runtime_socket, commands)
+        except HAProxySocketError as exc:
+            self.metrics.runtime_updates.labels(target.name, "error").inc()
+            log.warning("target %s: runtime update failed, reloading instead: %s", target.name, exc)
+            state.reload_pending = True
+            return False
+        self.metrics.runtime_updates.labels(target.name, "ok").inc()
+        self._observe_latency(target.name, event_times)
+        state.last_error = None
+        return True
+
+    def _observe_latency(self, target_name: str, event_times: list[int]) -> None:
+        now = time.time()
+        for event_ns in event_times:
+            self.metrics.event_to_reload.labels(target_name).observe(max(0.0, now - event_ns / 1e9))
 
     async def _write_and_check(
         self, state: TargetState, data: bytes, proxies: list[Container]
@@ -278,8 +370,7 @@ class Daemon:
             return False
         now = time.time()
         self.metrics.reloads.labels(target.name, "ok").inc()
-        for event_ns in event_times:
-            self.metrics.event_to_reload.labels(target.name).observe(max(0.0, now - event_ns / 1e9))
+        self._observe_latency(target.name, event_times)
         state.reloaded = True
         state.reload_pending = False
         state.last_reload_at = now

@@ -24,6 +24,12 @@ class Metrics:
         self.reloads = Counter(
             "lbsync_reloads", "Proxy reloads, by result", ["target", "result"], registry=r
         )
+        self.runtime_updates = Counter(
+            "lbsync_runtime_updates",
+            "Server changes applied through HAProxy's Runtime API instead of a reload",
+            ["target", "result"],
+            registry=r,
+        )
         self.check_failures = Counter(
             "lbsync_check_failures", "Configs refused by the proxy's check", ["target"], registry=r
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lbsync.config import TargetConfig
 from lbsync.docker_api import DockerClient, DockerError
+from lbsync.haproxy import HAProxySocketError, master_reload
 from lbsync.model import Container
 
 CHECK_TIMEOUT = 60.0
@@ -35,11 +36,19 @@ class ProxyMissing(Exception):
     """No running proxy container matches the target: nothing may be written yet."""
 
 
+def signals_container(target: TargetConfig) -> bool:
+    """Is the reload a signal (or exec) through the Docker API? haproxy-runtime reloads the
+    structure through the master socket when it has one, else by signal like `signal`."""
+    if target.reload == "haproxy-runtime":
+        return target.master_socket is None
+    return target.reload in ("signal", "exec")
+
+
 def uses_containers(target: TargetConfig) -> bool:
     """Does this target need a proxy container (rather than a pid file or local commands)?"""
     if target.proxy.pid_file is not None:
         return False
-    return target.check == "exec" or target.reload in ("signal", "exec")
+    return target.check == "exec" or signals_container(target)
 
 
 def find_proxies(target: TargetConfig, containers: Iterable[Container]) -> list[Container]:
@@ -162,14 +171,20 @@ async def reload(client: DockerClient, target: TargetConfig, proxies: Sequence[C
         if code != 0:
             raise ReloadFailed(output or f"{' '.join(target.reload_command)} exited {code}")
         return
-    if mode == "signal" and target.proxy.pid_file is not None:
+    if mode == "haproxy-master" or (mode == "haproxy-runtime" and target.master_socket):
+        assert target.master_socket is not None
+        try:
+            outcome = await master_reload(target.master_socket, timeout=RELOAD_CONFIRM_TIMEOUT)
+        except HAProxySocketError as exc:
+            raise ReloadFailed(str(exc)) from exc
+        if not outcome.ok:
+            raise ReloadFailed(outcome.message)
+        return
+    if target.proxy.pid_file is not None:
         await _reload_pid(target.proxy.pid_file, target.signal)
         return
-    if mode in ("signal", "exec"):
-        for proxy in proxies:
-            await _reload_container(client, target, proxy)
-        return
-    raise ReloadFailed(f"reload mode {mode!r} is not available for this target yet")
+    for proxy in proxies:
+        await _reload_container(client, target, proxy)
 
 
 async def _reload_pid(pid_file: Path, signal_name: str) -> None:
@@ -189,7 +204,7 @@ async def _reload_pid(pid_file: Path, signal_name: str) -> None:
 async def _reload_container(client: DockerClient, target: TargetConfig, proxy: Container) -> None:
     try:
         before = await _container_pids(client, proxy.id)
-        if target.reload == "signal":
+        if target.reload != "exec":
             await client.kill(proxy.id, target.signal)
         else:
             result = await client.exec(proxy.id, target.reload_command, timeout=CHECK_TIMEOUT)
