@@ -59,6 +59,7 @@ class DiscoveryConfig:
 class DebounceConfig:
     quiet: float = 0.2  # seconds
     max: float = 2.0
+    drain: bool = True  # a container leaving the pool starts a pass at once (SPEC §2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +173,7 @@ _DISCOVERY_KEYS: Final = (
     "address",
     "compat",
 )
-_DEBOUNCE_KEYS: Final = ("quiet", "max")
+_DEBOUNCE_KEYS: Final = ("quiet", "max", "drain")
 _TARGET_KEYS: Final = (
     "name",
     "template",
@@ -489,7 +490,11 @@ def _debounce(p: _Problems, value: object) -> DebounceConfig:
             "debounce.max",
             f"must be at least debounce.quiet ({_seconds(quiet)}), got {_seconds(maximum)}",
         )
-    return DebounceConfig(quiet=quiet, max=maximum)
+    drain = defaults.drain
+    if "drain" in sec:
+        got_drain = p.boolean(sec["drain"], "debounce.drain")
+        drain = drain if got_drain is None else got_drain
+    return DebounceConfig(quiet=quiet, max=maximum, drain=drain)
 
 
 def _seconds(value: float) -> str:

@@ -145,7 +145,8 @@ class Daemon:
         self.metrics.events.labels(event.type, event.base_action).inc()
 
     def _on_change(self, change: Change) -> None:
-        self.debouncer.poke(urgent=change.urgent, event_time_ns=change.event_time_ns)
+        urgent = change.urgent and self.config.debounce.drain
+        self.debouncer.poke(urgent=urgent, event_time_ns=change.event_time_ns)
 
     # -- passes --
 
