@@ -127,7 +127,13 @@ class Daemon:
         self.targets = [
             TargetState(config=target, template=load_template(target)) for target in config.targets
         ]
-        self.watcher = Watcher(client, self.registry, self._on_change, resync=config.docker.resync)
+        self.watcher = Watcher(
+            client,
+            self.registry,
+            self._on_change,
+            resync=config.docker.resync,
+            on_event=self._count_event,
+        )
         self.debouncer = Debouncer(
             self._run_pass, quiet=config.debounce.quiet, max_wait=config.debounce.max
         )
@@ -391,7 +397,7 @@ class Daemon:
         self.metrics.servers.labels(name).set(sum(len(u.servers) for u in model.upstreams))
         routed = {s.container.id for u in model.upstreams for s in u.servers}
         self.metrics.containers_routed.labels(name).set(len(routed))
-        self.metrics.containers_discovered.set(len(model.containers))
+        self.metrics.containers_discovered.labels(name).set(len(model.containers))
         by_reason: dict[str, int] = {}
         current: set[str] = set()
         for skip in model.skips:
@@ -409,7 +415,7 @@ class Daemon:
                 log.warning("%s", warning)
         state.warned_skips = current
         for reason in set(by_reason) | self._skip_reasons_seen:
-            self.metrics.containers_skipped.labels(reason).set(by_reason.get(reason, 0))
+            self.metrics.containers_skipped.labels(name, reason).set(by_reason.get(reason, 0))
         self._skip_reasons_seen |= set(by_reason)
 
     # -- live config --

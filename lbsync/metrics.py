@@ -40,7 +40,10 @@ class Metrics:
             "lbsync_engine_reconnects", "Connections to the engine lost and re-made", registry=r
         )
         self.containers_discovered = Gauge(
-            "lbsync_containers_discovered", "Containers that opted in", registry=r
+            "lbsync_containers_discovered",
+            "Containers that opted in (and the target selects)",
+            ["target"],
+            registry=r,
         )
         self.containers_routed = Gauge(
             "lbsync_containers_routed", "Containers getting traffic", ["target"], registry=r
@@ -48,7 +51,7 @@ class Metrics:
         self.containers_skipped = Gauge(
             "lbsync_containers_skipped",
             "Containers or services skipped, by reason",
-            ["reason"],
+            ["target", "reason"],
             registry=r,
         )
         self.upstreams = Gauge("lbsync_upstreams", "Upstreams rendered", ["target"], registry=r)

@@ -41,7 +41,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
-#: How each skip reason is shown: (tone, words). Unknown reasons show their key, neutral.
+#: The colour of each skip reason's badge (status.js has the same table); others: muted.
 SKIP_TONES = {
     "invalid_label": "bad",
     "unsupported_host": "bad",
@@ -169,7 +169,7 @@ async def index(request: web.Request) -> web.Response:
 
 @web.middleware
 async def static_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """`nosniff` and the CSP on the page's static files too."""
+    """`nosniff` on the page's static files too; browsers revalidate them (no stale JS)."""
     response = await handler(request)
     if request.path.startswith("/static/"):
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
