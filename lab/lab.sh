@@ -7,6 +7,9 @@
 #                            then build the images. A second `up` only re-checks images.
 #   bash lab/lab.sh images   (re)build the images; an unchanged image is kept as it is
 #   bash lab/lab.sh smoke    start one container of each image, check it, remove it
+#   bash lab/lab.sh python-base  (`up` runs it too) install debootstrap and docker-compose
+#                            if missing, then build lbsync-lab/python-base unless an image
+#                            of the same recipe exists (first build about 1-2 min)
 #   bash lab/lab.sh status   does the engine answer, which lab images exist
 #   bash lab/lab.sh down     stop the dockerd that `up` started (never any other one)
 #
@@ -27,6 +30,10 @@
 #       haproxy -W -db -f /usr/local/etc/haproxy/haproxy.cfg -S /run/haproxy-master/master.sock
 #       Mount a directory holding haproxy.cfg on /usr/local/etc/haproxy; mount a
 #       directory on /run/haproxy-master (or /run/haproxy) to reach the sockets.
+#   lbsync-lab/python-base:latest  Debian bookworm (debootstrap --variant=minbase from the
+#       mirror apt uses) with python3 (3.11), python3-venv, python3-pip, ca-certificates;
+#       the BASE_IMAGE of lbsync's Dockerfile in CI (deploy/build-image.sh). Labels
+#       lbsync-lab.hash (the recipe's hash) and lbsync-lab.python (3.11).
 #
 # Every container of the lab runs with --network host and listens on a 127.0.0.1 port.
 # Files: dockerd pid file /var/run/lbsync-lab/dockerd.pid, its log
@@ -397,6 +404,7 @@ cmd_up() {
     ensure_daemon_json
     ensure_engine
     cmd_images
+    cmd_python_base
 }
 
 cmd_status() {
@@ -422,6 +430,142 @@ cmd_status() {
             echo "image: $image missing (run: bash lab/lab.sh images)"
         fi
     done
+}
+
+# ---------------------------------------------------------------- python base image
+
+PYTHON_BASE_IMAGE=lbsync-lab/python-base:latest
+PYTHON_BASE_SUITE=bookworm
+PYTHON_BASE_PACKAGES=(python3 python3-venv python3-pip ca-certificates)
+# Host tools: debootstrap builds the image; docker-compose (v1) runs deploy/compose*.yaml
+# in tests/test_deploy.py.
+PYTHON_BASE_HOST_PACKAGES=(debootstrap docker-compose)
+PYTHON_BASE_FALLBACK_MIRROR=http://deb.debian.org/debian
+# Bump when the image must be rebuilt although nothing below changed.
+PYTHON_BASE_RECIPE=1
+
+ensure_python_base_host_packages() {
+    local missing=() p
+    for p in "${PYTHON_BASE_HOST_PACKAGES[@]}"; do
+        package_installed "$p" || missing+=("$p")
+    done
+    [[ ${#missing[@]} -gt 0 ]] || return 0
+    log "installing missing packages: ${missing[*]}"
+    # Package lists `up` has just fetched are used as they are; only a failure updates them.
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        "${missing[@]}"; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -q || die "apt-get update failed"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+            "${missing[@]}" || die "apt-get failed installing: ${missing[*]}"
+    fi
+}
+
+# The Debian mirror apt uses for the suite: deb822 .sources files first, then one-line
+# sources.list entries, else deb.debian.org.
+debian_mirror() {
+    local suite=$PYTHON_BASE_SUITE uri='' f
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [[ -f $f ]] || continue
+        uri=$(awk -v suite="$suite" '
+            BEGIN { RS = ""; FS = "\n" }
+            {
+                types = ""; uris = ""; suites = ""
+                for (i = 1; i <= NF; i++) {
+                    line = $i
+                    if (line ~ /^[ \t]*#/) continue
+                    key = tolower(line); sub(/:.*/, "", key)
+                    sub(/^[^:]*:[ \t]*/, "", line)
+                    if (key == "types") types = line
+                    else if (key == "uris") uris = line
+                    else if (key == "suites") suites = line
+                }
+                if ((" " types " ") ~ / deb / && (" " suites " ") ~ (" " suite " ") && uris != "") {
+                    split(uris, u, /[ \t]+/); print u[1]; exit
+                }
+            }' "$f")
+        [[ -z $uri ]] || break
+    done
+    if [[ -z $uri ]]; then
+        uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+            awk -v suite="$suite" '$1 == "deb" {
+                i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                if ($(i + 1) == suite) { print $i; exit } }')
+    fi
+    printf '%s\n' "${uri:-$PYTHON_BASE_FALLBACK_MIRROR}"
+}
+
+# build_python_base_root ROOT MIRROR: a minbase bookworm with python3, made small.
+build_python_base_root() {
+    local root=$1 mirror=$2 include
+    include=$(IFS=,; echo "${PYTHON_BASE_PACKAGES[*]}")
+    debootstrap --variant=minbase --include="$include" "$PYTHON_BASE_SUITE" "$root" "$mirror" \
+        >"$root.debootstrap.log" 2>&1 || {
+        tail -n 25 "$root.debootstrap.log" | sed 's/^/    /' >&2
+        die "debootstrap failed (log above)"
+    }
+    printf 'deb %s %s main\n' "$mirror" "$PYTHON_BASE_SUITE" >"$root/etc/apt/sources.list"
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin \
+        "$root"/var/lib/apt/lists/* "$root"/usr/share/man/* "$root"/usr/share/locale/* \
+        "$root"/var/log/* "$root"/var/cache/debconf/*-old "$root"/tmp/* "$root"/root/.cache
+}
+
+# python_base_cleanup WORK: unmount what a failed debootstrap may have left mounted in the
+# new root, then remove it (never crossing into another file system).
+python_base_cleanup() {
+    local mnt
+    while read -r mnt; do
+        umount -l "$mnt" 2>/dev/null || true
+    done < <(awk -v w="$1/" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r)
+    rm -rf --one-file-system "$1"
+}
+
+cmd_python_base() {
+    engine_answers || die "no engine answers on $SOCK; run: bash lab/lab.sh up"
+    ensure_python_base_host_packages
+    local mirror hash current old_id work started=$SECONDS python
+    mirror=$(debian_mirror)
+    hash=$({
+        echo "recipe=$PYTHON_BASE_RECIPE suite=$PYTHON_BASE_SUITE mirror=$mirror"
+        printf 'package=%s\n' "${PYTHON_BASE_PACKAGES[@]}"
+        declare -f build_python_base_root
+    } | sha256sum | cut -c1-64)
+    mkdir -p "$STATE_DIR"
+    exec 9>"$LOCKFILE"
+    flock -w 600 9 || die "another lab.sh holds $LOCKFILE"
+    current=$(dk image inspect --format '{{ index .Config.Labels "lbsync-lab.hash" }}' \
+        "$PYTHON_BASE_IMAGE" 2>/dev/null || true)
+    if [[ $current == "$hash" ]]; then
+        log "$PYTHON_BASE_IMAGE is up to date (${hash:0:12})"
+        exec 9>&-
+        return 0
+    fi
+    log "building $PYTHON_BASE_IMAGE: debootstrap $PYTHON_BASE_SUITE from $mirror"
+    work=$(mktemp -d /var/tmp/lbsync-lab-python-base.XXXXXX)
+    # shellcheck disable=SC2064  # expand $work now
+    trap "python_base_cleanup '$work'" EXIT
+    build_python_base_root "$work/root" "$mirror"
+    python=$(chroot "$work/root" python3 -c \
+        'import sys; print("%d.%d" % sys.version_info[:2])') ||
+        die "python3 does not run in the new root"
+    old_id=$(dk image inspect --format '{{.Id}}' "$PYTHON_BASE_IMAGE" 2>/dev/null || true)
+    tar --numeric-owner --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' \
+        -C "$work/root" -cf - . |
+        dk import \
+            --change 'LABEL lbsync-lab=1' \
+            --change "LABEL lbsync-lab.hash=$hash" \
+            --change "LABEL lbsync-lab.python=$python" \
+            --change "ENV $IMAGE_PATH_ENV" \
+            --change 'ENV LANG=C.UTF-8' \
+            --change 'CMD ["python3"]' \
+            - "$PYTHON_BASE_IMAGE" >/dev/null
+    python_base_cleanup "$work"
+    trap - EXIT
+    exec 9>&-
+    if [[ -n $old_id ]]; then
+        # The previous build, now untagged; kept if a container or an image uses it.
+        dk image rm "$old_id" >/dev/null 2>&1 || true
+    fi
+    log "built $PYTHON_BASE_IMAGE (python $python, ${hash:0:12}) in $((SECONDS - started))s"
 }
 
 # ---------------------------------------------------------------- smoke
@@ -607,6 +751,10 @@ main() {
             cmd_images
             ;;
         smoke) cmd_smoke ;;
+        python-base)
+            require_root
+            cmd_python_base
+            ;;
         down)
             require_root
             cmd_down
