@@ -145,14 +145,15 @@ async def render_once(
                 continue  # removed since the listing
     containers = registry.containers()
     entries = registry.entries(config.discovery)
+    warned: set[str] = set()
     for spec in targets:
         proxies = find_proxies(spec, containers)
         networks = frozenset(n.name for n in proxies[0].networks) if proxies else frozenset()
         model = build_model(entries, config.discovery, spec, networks)
-        for skip in model.skips:
-            print(f"lbsync: warning: {skip.detail}", file=sys.stderr)
-        for warning in model.warnings:
-            print(f"lbsync: warning: {warning}", file=sys.stderr)
+        for warning in [skip.detail for skip in model.skips] + list(model.warnings):
+            if warning not in warned:  # a container several targets select: say it once
+                warned.add(warning)
+                print(f"lbsync: warning: {warning}", file=sys.stderr)
         text = render(templates[spec.name], model, spec)
         if diff:
             current = read_current(spec.output)
