@@ -1,12 +1,30 @@
-"""A real `lbsync run` beside a real lab nginx, for end-to-end tests (``tests/test_daemon_e2e.py``).
+"""A real `lbsync run` beside a real lab nginx or HAProxy, for end-to-end tests
+(``tests/test_daemon_e2e.py``, ``tests/test_haproxy_e2e.py``, ``tests/test_churn.py``).
 
 :class:`LbsyncHarness` is a context manager: it writes a config YAML into a temp folder,
 starts the lab nginx with ``<tmp>/conf.d`` mounted on /etc/nginx/conf.d, starts
 ``python -m lbsync.cli run -c <file>`` as a subprocess (its output goes to
 ``<tmp>/lbsync.log``), and waits until lbsync is ready. On exit it sends SIGTERM, checks the
 exit code (0 unless the test says otherwise), and removes the containers it started, by id.
-When the ``with`` body raises, the tail of lbsync's log (and of nginx's) is printed, so
+When the ``with`` body raises, the tail of lbsync's log (and of the proxy's) is printed, so
 pytest shows it with the failure.
+
+``proxy_kind="haproxy"`` puts the lab HAProxy (master-worker, ``-S`` master socket) in
+nginx's place, with ``template: builtin:haproxy``. Its files live in a short folder under /tmp
+(AF_UNIX paths are limited to ~100 bytes), :attr:`LbsyncHarness.haproxy_dir`:
+
+* ``cfg/haproxy.cfg`` (:attr:`output`): a minimal bootstrap config is written there first
+  (HAProxy cannot start without one; lbsync writes only once the proxy exists). The folder is
+  mounted on /usr/local/etc/haproxy (what the image reads) and at its own path, so the
+  default check ``haproxy -c -f <output>`` in the container reads the same file;
+* ``m/master.sock`` (:attr:`master_socket`): the folder is mounted on /run/haproxy-master;
+* ``run/admin.sock`` (:attr:`runtime_socket`): the folder is mounted at its own path, so the
+  template's ``stats socket <runtime_socket>`` is the same socket inside and out.
+
+``haproxy_reload`` picks how lbsync reloads it: ``signal`` (USR2 through the Docker API, the
+default for builtin:haproxy), ``haproxy-master`` (the master socket) or ``haproxy-runtime``
+(servers move through the runtime socket; a structure change reloads through the master
+socket). The folder is removed when the harness shuts down.
 
 Tests share one engine with other people's tests running in parallel, so every harness has
 its own run id: its backends carry ``lbsync-run=<id>``, its target is named after the id and
@@ -18,6 +36,11 @@ Typical use::
         with LbsyncHarness(lab, tmp_path) as h:
             web = h.backend("web", host="app.test")
             h.wait_until_routes("app.test", {web.name})
+
+    def test_y(lab: Lab, tmp_path: Path) -> None:
+        with LbsyncHarness(lab, tmp_path, proxy_kind="haproxy",
+                           haproxy_reload="haproxy-runtime", target={"slots": 4}) as h:
+            ...
 """
 
 from __future__ import annotations
@@ -28,31 +51,60 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.lab import Lab, free_port, http_get
+from lbsync.haproxy import ShowProc, parse_show_proc
+from tests.lab import (
+    Lab,
+    free_port,
+    haproxy_cli,
+    http_get,
+    http_request,
+    wait_haproxy_master,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_LABEL = "lbsync-run"
 STOP_TIMEOUT = 10.0
-READY_TIMEOUT = 20.0
+READY_TIMEOUT = 45.0  # the engine may be slow to list under a loaded CI machine
 ROUTE_TIMEOUT = 15.0
 LOG_TAIL_LINES = 120
 _BACKEND_RE = re.compile(r"^backend=(\S+)")
+HAPROXY_READY_TIMEOUT = 20.0
 
 Json = dict[str, Any]
+ProxyKind = Literal["nginx", "haproxy"]
+HAProxyReload = Literal["signal", "haproxy-master", "haproxy-runtime"]
+
+#: What HAProxy starts with before lbsync writes its file: valid for ``haproxy -c`` (the stats
+#: socket stands in for a listener), no frontend, so nothing answers on the listen port yet.
+HAPROXY_BOOTSTRAP = """\
+# lbsync test harness: bootstrap config, replaced by lbsync's first pass
+global
+    master-worker
+    log stdout format raw local0 info
+    stats socket {socket} mode 600 level admin
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+"""
 
 
 @dataclass(frozen=True)
@@ -109,9 +161,11 @@ class LbsyncHarness:
 
     ``config`` is merged into the generated YAML (top level), ``target`` into its only
     target entry (a None value removes a key). The config is written at once, so containers
-    (:meth:`backend`, :meth:`start_nginx`) may be started before the ``with``. On entering,
-    nginx is started unless one was already or ``nginx=False``; ``wait_ready=False`` only
-    waits for ``/livez``.
+    (:meth:`backend`, :meth:`start_nginx`, :meth:`start_proxy`) may be started before the
+    ``with``. On entering, the proxy (nginx, or HAProxy with ``proxy_kind="haproxy"``) is
+    started unless one was already or ``nginx=False`` (the name is historical: it means "start
+    the proxy"); ``wait_ready=False`` only waits for ``/livez``. ``proxy_extra`` are more
+    ``docker run`` options for the proxy container (a mounted nginx.conf, say).
     """
 
     def __init__(
@@ -124,13 +178,31 @@ class LbsyncHarness:
         nginx: bool = True,
         wait_ready: bool = True,
         expect_exit_code: int | None = 0,
+        proxy_kind: ProxyKind = "nginx",
+        haproxy_reload: HAProxyReload = "signal",
+        proxy_extra: Sequence[str] = (),
     ) -> None:
+        if proxy_kind not in ("nginx", "haproxy"):
+            raise ValueError(f"proxy_kind must be nginx or haproxy, got {proxy_kind!r}")
         self.lab = lab
         self.tmp = tmp_path
+        self.proxy_kind: ProxyKind = proxy_kind
+        self.proxy_extra = tuple(proxy_extra)
         self.run_id = f"e2e-{secrets.token_hex(4)}"
         self.target_name = f"t-{self.run_id}"
-        self.conf_dir = tmp_path / "conf.d"
-        self.output = self.conf_dir / "lbsync.conf"
+        #: HAProxy only: the short folder of its config and sockets (None for nginx).
+        self.haproxy_dir: Path | None = None
+        self.master_socket: Path | None = None
+        self.runtime_socket: Path | None = None
+        if proxy_kind == "haproxy":
+            self.haproxy_dir = Path(tempfile.mkdtemp(prefix="lbh-", dir="/tmp"))
+            self.conf_dir = self.haproxy_dir / "cfg"
+            self.output = self.conf_dir / "haproxy.cfg"
+            self.master_socket = self.haproxy_dir / "m" / "master.sock"
+            self.runtime_socket = self.haproxy_dir / "run" / "admin.sock"
+        else:
+            self.conf_dir = tmp_path / "conf.d"
+            self.output = self.conf_dir / "lbsync.conf"
         self.config_path = tmp_path / "lbsync.yaml"
         self.log_path = tmp_path / "lbsync.log"
         self.listen_port = free_port()
@@ -139,6 +211,7 @@ class LbsyncHarness:
         self.wait_ready = wait_ready
         #: The exit code expected when the harness stops lbsync; None: do not check it.
         self.expect_exit_code = expect_exit_code
+        #: Proxy containers this harness started (nginx or HAProxy); ``proxy_ids`` is the same.
         self.nginx_ids: list[str] = []
         self.started: list[str] = []  # every container id this harness started
         self.proc: subprocess.Popen[bytes] | None = None
@@ -152,6 +225,13 @@ class LbsyncHarness:
             "listen": f"127.0.0.1:{self.listen_port}",
             "select": {"label": f"{RUN_LABEL}={self.run_id}"},
         }
+        if proxy_kind == "haproxy":
+            target_entry["template"] = "builtin:haproxy"
+            target_entry["reload"] = haproxy_reload
+            if haproxy_reload in ("haproxy-master", "haproxy-runtime"):
+                target_entry["master_socket"] = str(self.master_socket)
+            if haproxy_reload == "haproxy-runtime":
+                target_entry["runtime_socket"] = str(self.runtime_socket)
         document: dict[str, Any] = {
             "debounce": {"quiet": "50ms", "max": "500ms"},
             "server": {"listen": f"127.0.0.1:{self.server_port}"},
@@ -162,14 +242,25 @@ class LbsyncHarness:
         self.config: dict[str, Any] = document
         # Written now, so a test can start containers (nginx too) before lbsync.
         self.conf_dir.mkdir(parents=True, exist_ok=True)
+        if self.haproxy_dir is not None:
+            assert self.master_socket is not None and self.runtime_socket is not None
+            self.master_socket.parent.mkdir()
+            self.runtime_socket.parent.mkdir()
+            bootstrap = self.runtime_socket.parent / "bootstrap.sock"
+            self.output.write_text(HAPROXY_BOOTSTRAP.format(socket=bootstrap))
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+    @property
+    def proxy_ids(self) -> list[str]:
+        """The proxy containers this harness started (the same list as ``nginx_ids``)."""
+        return self.nginx_ids
 
     # ------------------------------------------------------------------ lifecycle
 
     def __enter__(self) -> LbsyncHarness:
         try:
             if self.want_nginx and not self.nginx_ids:
-                self.start_nginx()
+                self.start_proxy()
             self.start()
         except BaseException:
             self._report_failure()
@@ -266,6 +357,8 @@ class LbsyncHarness:
                     except Exception as exc:  # the lab fixture removes it again
                         print(f"harness: cannot remove {cid[:12]}: {exc}", file=sys.stderr)
             self.started.clear()
+            if self.haproxy_dir is not None:
+                shutil.rmtree(self.haproxy_dir, ignore_errors=True)
 
     def _report_failure(self) -> None:
         lines = self.log_text().splitlines()
@@ -274,7 +367,7 @@ class LbsyncHarness:
         for cid in self.nginx_ids:
             if cid in self.lab.ids:
                 nginx_log = self.lab.logs(cid).splitlines()
-                print(f"----- nginx {cid[:12]} log, last 30 lines -----")
+                print(f"----- {self.proxy_kind} {cid[:12]} log, last 30 lines -----")
                 print("\n".join(nginx_log[-30:]))
         if self.output.exists():
             print(f"----- {self.output} -----")
@@ -287,21 +380,60 @@ class LbsyncHarness:
         self._names += 1
         return f"lbsync-{self.run_id}-{suffix}-{self._names}"
 
+    def start_proxy(self) -> str:
+        """The harness's proxy: :meth:`start_nginx` or :meth:`start_haproxy`."""
+        return self.start_haproxy() if self.proxy_kind == "haproxy" else self.start_nginx()
+
     def start_nginx(self) -> str:
         """The lab nginx, labelled as this target's proxy, with ``conf.d`` mounted."""
         cid = self.lab.run_nginx(
             self.conf_dir,
             labels={"lbsync.proxy": self.target_name},
             name=self.unique_name("nginx"),
+            extra=self.proxy_extra,
         )
         self.nginx_ids.append(cid)
         self.started.append(cid)
+        return cid
+
+    def start_haproxy(self) -> str:
+        """The lab HAProxy, labelled as this target's proxy, on the bootstrap config (or what
+        lbsync wrote since); returns once its master answers ``show proc``."""
+        assert self.haproxy_dir is not None, "start_haproxy needs proxy_kind='haproxy'"
+        assert self.master_socket is not None and self.runtime_socket is not None
+        run_dir = self.runtime_socket.parent
+        cid = self.lab.run_haproxy(
+            self.conf_dir,
+            labels={"lbsync.proxy": self.target_name},
+            name=self.unique_name("haproxy"),
+            master_dir=self.master_socket.parent,
+            extra=[
+                # The output folder at its own path too: `haproxy -c -f <output>` in the
+                # container checks the file lbsync wrote.
+                "--volume",
+                f"{self.conf_dir}:{self.conf_dir}",
+                "--volume",
+                f"{run_dir}:{run_dir}",
+                *self.proxy_extra,
+            ],
+        )
+        self.nginx_ids.append(cid)
+        self.started.append(cid)
+        try:
+            wait_haproxy_master(self.master_socket, HAPROXY_READY_TIMEOUT)
+        except TimeoutError as exc:
+            logs = self.lab.logs(cid)[-2000:]
+            raise AssertionError(f"haproxy {cid[:12]} did not start: {exc}\n{logs}") from None
         return cid
 
     def remove_nginx(self, cid: str) -> None:
         self.lab.remove(cid)
         if cid in self.started:
             self.started.remove(cid)
+
+    def remove_proxy(self, cid: str) -> None:
+        """Remove a proxy container this harness started (nginx or HAProxy)."""
+        self.remove_nginx(cid)
 
     def backend(
         self,
@@ -317,11 +449,13 @@ class LbsyncHarness:
         paths: Iterable[str] = (),
         stop_grace: float = 0,
         extra: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> Backend:
         """Start a lab backend on ``port`` (default: a free one) with this run's labels.
 
         ``host`` adds ``lbsync.host`` and ``lbsync.port`` (its own port), ``path``
-        ``lbsync.path``; ``labels`` are added last (named services, hostile values).
+        ``lbsync.path``; ``labels`` are added last (named services, hostile values); ``env``
+        goes to the backend (``LOG_REQUESTS=0`` under load).
         """
         port = free_port() if port is None else port
         name = self.unique_name(suffix)
@@ -344,9 +478,16 @@ class LbsyncHarness:
             paths=paths,
             stop_grace=stop_grace,
             extra=extra,
+            env=env,
         )
         self.started.append(cid)
         return Backend(cid, name, port)
+
+    def forget(self, cid: str) -> None:
+        """Remove a container this harness started, now (long churn runs keep few around)."""
+        self.lab.remove(cid)
+        if cid in self.started:
+            self.started.remove(cid)
 
     # ------------------------------------------------------------------ looking
 
@@ -397,9 +538,22 @@ class LbsyncHarness:
         return "" if data is None else data.decode("utf-8", "replace")
 
     def get(self, host: str, path: str = "/", timeout: float = 2.0) -> tuple[int, str]:
-        """GET through nginx with ``Host: host``; (status, body). OSError when nothing listens."""
+        """GET through the proxy with ``Host: host``; (status, body). OSError when nothing
+        listens."""
         return http_get(f"http://127.0.0.1:{self.listen_port}{path}", host_header=host,
                         timeout=timeout)  # fmt: skip
+
+    def request(
+        self,
+        method: str,
+        host: str,
+        path: str = "/",
+        body: bytes | str | None = None,
+        timeout: float = 2.0,
+    ) -> tuple[int, str]:
+        """Any method through the proxy with ``Host: host``; (status, body)."""
+        return http_request(method, f"http://127.0.0.1:{self.listen_port}{path}", body=body,
+                            host_header=host, timeout=timeout)  # fmt: skip
 
     def try_get(self, host: str, path: str = "/") -> tuple[int, str] | None:
         try:
@@ -427,7 +581,7 @@ class LbsyncHarness:
             time.sleep(0.05)
 
     def sample(self, host: str, path: str = "/", count: int = 6) -> list[tuple[int, str]]:
-        """``count`` requests through nginx; (0, "") for a request nothing answered."""
+        """``count`` requests through the proxy; (0, "") for a request nothing answered."""
         return [self.try_get(host, path) or (0, "") for _ in range(count)]
 
     def wait_until_routes(
@@ -505,3 +659,19 @@ class LbsyncHarness:
 
         self.poll(more, timeout, f"lbsync_passes_total > {after:g}")
         return seen
+
+    # ------------------------------------------------------------------ HAProxy
+
+    def show_proc(self, timeout: float = 2.0) -> ShowProc:
+        """The HAProxy master's ``show proc``, parsed (HAProxy only)."""
+        assert self.master_socket is not None, "show_proc needs proxy_kind='haproxy'"
+        return parse_show_proc(haproxy_cli(self.master_socket, "show proc", timeout))
+
+    def worker_pids(self) -> tuple[int, ...]:
+        """The current HAProxy worker pid(s), from ``show proc`` (old workers not included)."""
+        return self.show_proc().worker_pids
+
+    def runtime(self, command: str, timeout: float = 2.0) -> str:
+        """One command on the runtime (stats) socket, e.g. ``show servers state``."""
+        assert self.runtime_socket is not None, "runtime needs proxy_kind='haproxy'"
+        return haproxy_cli(self.runtime_socket, command, timeout)
