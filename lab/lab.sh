@@ -51,7 +51,7 @@ DOCKERD_LOG=/var/log/lbsync-lab-dockerd.log
 SOCK=/var/run/docker.sock
 DAEMON_JSON=/etc/docker/daemon.json
 DAEMON_JSON_CONTENT='{"bridge":"none","iptables":false,"ip-masq":false,"ip6tables":false}'
-PACKAGES=(docker.io cgroupfs-mount busybox-static nginx haproxy)
+PACKAGES=(docker.io cgroupfs-mount busybox-static nginx haproxy podman)
 BUSYBOX=/bin/busybox
 ENGINE_WAIT=30
 

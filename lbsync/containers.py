@@ -7,6 +7,7 @@ engine quirk (Podman's empty host networks, a missing `Health`) is absorbed in o
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
@@ -54,7 +55,9 @@ def _port_number(spec: str) -> int | None:
 
 
 def _health(state: dict[str, Any], config: dict[str, Any]) -> str:
-    health = _dict(state.get("Health"))
+    # Docker and Podman's Docker-compatible API say `Health`; Podman 4's own (libpod) inspect
+    # says `Healthcheck`. A container without a check: no key (Docker), Status "" (Podman).
+    health = _dict(state.get("Health") or state.get("Healthcheck"))
     status = health.get("Status")
     test = _dict(config.get("Healthcheck")).get("Test")
     if isinstance(test, list) and test[:1] == ["NONE"]:
@@ -62,6 +65,17 @@ def _health(state: dict[str, Any], config: dict[str, Any]) -> str:
     if status in ("healthy", "unhealthy", "starting"):
         return str(status)
     return "none"
+
+
+def _stop_signal(value: Any) -> str:
+    """`SIGTERM` as Docker gives it; Podman gives the number (`"15"`): `SIGTERM` too."""
+    text = str(value or "SIGTERM").strip()
+    if text.isdigit():
+        try:
+            return signal.Signals(int(text)).name
+        except ValueError:
+            return text
+    return text
 
 
 def container_from_inspect(data: Mapping[str, Any]) -> Container:
@@ -130,6 +144,6 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
         networks=networks,
         exposed_ports=tuple(sorted(exposed)),
         published_ports=tuple(sorted(published, key=lambda p: (p.container_port, p.host_port))),
-        stop_signal=str(config.get("StopSignal") or "SIGTERM"),
+        stop_signal=_stop_signal(config.get("StopSignal")),
         started_at=str(state.get("StartedAt") or ""),
     )

@@ -84,15 +84,33 @@ class NotFound(ApiError):
 
 
 class Conflict(ApiError):
-    """409: the object is in a state that forbids this (e.g. kill of a stopped container)."""
+    """409: the object is in a state that forbids this (e.g. kill of a stopped container).
+
+    Podman says the same with a 500 "container state improper" (`status` stays 500) and,
+    for `top`, with an empty 200.
+    """
 
 
 class ServerError(ApiError):
     """5xx: the engine failed; retry later, and see the engine's log."""
 
 
+#: Podman answers 500 where Docker answers 4xx; its message ends with the libpod error
+#: ("...: container state improper"), which tells the class Docker's status would give.
+_PODMAN_500_CAUSES: Final[tuple[tuple[str, type[ApiError]], ...]] = (
+    ("container state improper", Conflict),  # kill/exec of a stopped container (Docker: 409)
+    ("invalid signal", BadRequest),  # kill with an unknown signal (Docker: 400)
+)
+
+
 def _api_error(status: int, message: str, method: str, path: str) -> ApiError:
     cls: type[ApiError]
+    if status == 500:
+        # Podman: so callers that treat Conflict as "not running" work on both engines.
+        # `status` stays the real one (500).
+        for cause, podman_cls in _PODMAN_500_CAUSES:
+            if cause in message:
+                return podman_cls(status, message, method=method, path=path)
     if status == 400:
         cls = BadRequest
     elif status == 404:
@@ -454,14 +472,62 @@ class DockerClient:
         result = await self._json("GET", "/networks", params=params)
         return list(result)
 
+    # -- swarm (a manager answers these; any other engine answers 503) --
+
+    async def info(self) -> dict[str, Any]:
+        """`GET /info`: `Swarm.LocalNodeState` and `Swarm.ControlAvailable` tell a manager."""
+        result = await self._json("GET", "/info")
+        return dict(result)
+
+    async def list_services(
+        self, filters: Mapping[str, Sequence[str]] | None = None
+    ) -> list[dict[str, Any]]:
+        """`GET /services`: every swarm service (labels on `Spec.Labels`)."""
+        params = {}
+        if filters:
+            params["filters"] = json.dumps({k: list(v) for k, v in filters.items()})
+        result = await self._json("GET", "/services", params=params)
+        return list(result)
+
+    async def inspect_service(self, service_id: str) -> dict[str, Any]:
+        """`GET /services/{id}`; `NotFound` when the service was removed."""
+        result = await self._json("GET", f"/services/{quote(service_id, safe='')}")
+        return dict(result)
+
+    async def list_tasks(
+        self, filters: Mapping[str, Sequence[str]] | None = None
+    ) -> list[dict[str, Any]]:
+        """`GET /tasks`, e.g. `filters={"service": [id], "desired-state": ["running"]}`."""
+        params = {}
+        if filters:
+            params["filters"] = json.dumps({k: list(v) for k, v in filters.items()})
+        result = await self._json("GET", "/tasks", params=params)
+        return list(result)
+
+    async def list_nodes(
+        self, filters: Mapping[str, Sequence[str]] | None = None
+    ) -> list[dict[str, Any]]:
+        """`GET /nodes`: each node's `Status.Addr` is where its host-network tasks listen."""
+        params = {}
+        if filters:
+            params["filters"] = json.dumps({k: list(v) for k, v in filters.items()})
+        result = await self._json("GET", "/nodes", params=params)
+        return list(result)
+
     async def top(self, container_id: str, ps_args: str | None = None) -> dict[str, Any]:
         """The processes of a container (`docker top`): used to see new worker pids."""
-        result = await self._json(
-            "GET",
-            f"/containers/{quote(container_id, safe='')}/top",
-            params={"ps_args": ps_args} if ps_args else None,
-        )
-        return dict(result)
+        path = f"/containers/{quote(container_id, safe='')}/top"
+        result = await self._json("GET", path, params={"ps_args": ps_args} if ps_args else None)
+        if not isinstance(result, dict):
+            # Podman 4 answers 200 with an empty body for a container that is not running
+            # (Docker: 409); the same class, so callers need not know the engine.
+            raise Conflict(
+                200,
+                "empty answer: the container is not running",
+                method="GET",
+                path=self._path(path),
+            )
+        return result
 
     async def kill(self, container_id: str, signal: str) -> None:
         async with self._request(

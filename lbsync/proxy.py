@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from lbsync.config import TargetConfig
 from lbsync.docker_api import DockerClient, DockerError
@@ -107,15 +108,29 @@ async def check(client: DockerClient, target: TargetConfig, proxies: Sequence[Co
 # --- reloads ------------------------------------------------------------------------------
 
 
-async def _container_pids(client: DockerClient, container_id: str) -> set[int]:
-    listing = await client.top(container_id)
+def pids_from_top(listing: Mapping[str, Any]) -> set[int]:
+    """The PID column of a `top` answer.
+
+    Docker splits each row into columns under `Titles`. Podman 4 sends each row as one
+    string under one title (`["1 root     nginx: master process nginx"]` under
+    `["PID   USER     COMMAND"]`, pids of the container's namespace): split those on blanks.
+    """
     titles = [str(t).upper() for t in listing.get("Titles") or []]
+    if len(titles) == 1:
+        titles = titles[0].split()
     column = titles.index("PID") if "PID" in titles else 1
     pids = set()
     for row in listing.get("Processes") or []:
-        with contextlib.suppress(ValueError, IndexError, TypeError):
-            pids.add(int(row[column]))
+        with contextlib.suppress(ValueError, IndexError, TypeError, AttributeError):
+            cells = row
+            if len(row) == 1 and len(titles) > 1:
+                cells = str(row[0]).split(None, len(titles) - 1)
+            pids.add(int(cells[column]))
     return pids
+
+
+async def _container_pids(client: DockerClient, container_id: str) -> set[int]:
+    return pids_from_top(await client.top(container_id))
 
 
 def _children_of(pid: int) -> set[int]:
