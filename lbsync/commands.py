@@ -22,7 +22,13 @@ from lbsync.proxy import find_proxies
 from lbsync.registry import Registry
 from lbsync.render import CompiledTemplate, TemplateError, load_template, render
 from lbsync.routing import build_model
-from lbsync.watcher import CONTAINER_ACTIONS, REMOVED_ACTIONS, StreamEnd, subscribed_events
+from lbsync.watcher import (
+    CONTAINER_ACTIONS,
+    REMOVED_ACTIONS,
+    StreamEnd,
+    Watcher,
+    subscribed_events,
+)
 from lbsync.writer import read_current
 
 
@@ -137,12 +143,15 @@ async def render_once(
     templates = load_templates(config)
     registry = Registry()
     async with client_for(config) as client:
-        listed = await client.list_containers(all=True)
-        for item in listed:
-            try:
-                registry.upsert(container_from_inspect(await client.inspect_container(item["Id"])))
-            except NotFound:
-                continue  # removed since the listing
+        # The daemon's own listing: containers, and swarm services with discovery.swarm.
+        watcher = Watcher(
+            client,
+            registry,
+            lambda change: None,
+            swarm=config.discovery.swarm,
+            label_prefix=config.discovery.label_prefix,
+        )
+        await watcher.relist("render")
     containers = registry.containers()
     entries = registry.entries(config.discovery)
     warned: set[str] = set()

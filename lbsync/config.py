@@ -19,6 +19,7 @@ import yaml
 CheckMode = Literal["exec", "command", "none"]
 ReloadMode = Literal["signal", "exec", "command", "haproxy-master", "haproxy-runtime", "none"]
 AddressMode = Literal["container", "published"]
+SwarmMode = Literal["tasks", "vip"]
 
 
 class ConfigError(Exception):
@@ -53,6 +54,7 @@ class DiscoveryConfig:
     host_address: str = "127.0.0.1"
     address: AddressMode = "container"
     compat: Literal["nginx-proxy"] | None = None
+    swarm: SwarmMode | None = None  # None = swarm services are not discovered
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,7 @@ RELOAD_MODES: Final[tuple[str, ...]] = (
 )
 ADDRESS_MODES: Final[tuple[str, ...]] = ("container", "published")
 COMPAT_MODES: Final[tuple[str, ...]] = ("nginx-proxy",)
+SWARM_MODES: Final[tuple[str, ...]] = ("tasks", "vip")
 LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final[tuple[str, ...]] = ("text", "json")
 BUILTIN_TEMPLATES: Final[tuple[str, ...]] = ("builtin:nginx", "builtin:haproxy")
@@ -172,6 +175,7 @@ _DISCOVERY_KEYS: Final = (
     "host_address",
     "address",
     "compat",
+    "swarm",
 )
 _DEBOUNCE_KEYS: Final = ("quiet", "max", "drain")
 _TARGET_KEYS: Final = (
@@ -461,6 +465,10 @@ def _discovery(p: _Problems, value: object) -> DiscoveryConfig:
     if sec.get("compat") is not None:
         got = p.choice(sec["compat"], "discovery.compat", COMPAT_MODES)
         compat = compat if got is None else cast(Literal["nginx-proxy"], got)
+    swarm = d.swarm
+    if sec.get("swarm") is not None:
+        got = p.choice(sec["swarm"], "discovery.swarm", SWARM_MODES)
+        swarm = swarm if got is None else cast(SwarmMode, got)
     return DiscoveryConfig(
         label_prefix=label_prefix,
         exposed_by_default=exposed,
@@ -468,6 +476,7 @@ def _discovery(p: _Problems, value: object) -> DiscoveryConfig:
         host_address=host_address,
         address=address,
         compat=compat,
+        swarm=swarm,
     )
 
 

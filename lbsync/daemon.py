@@ -14,6 +14,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Hashable
@@ -133,6 +134,8 @@ class Daemon:
             self._on_change,
             resync=config.docker.resync,
             on_event=self._count_event,
+            swarm=config.discovery.swarm,
+            label_prefix=config.discovery.label_prefix,
         )
         self.debouncer = Debouncer(
             self._run_pass, quiet=config.debounce.quiet, max_wait=config.debounce.max
@@ -233,6 +236,8 @@ class Daemon:
             log.debug("target %s: same config as the one refused; waiting", target.name)
             return False
         # Only servers moved in or out of slots: no new config, so no check and no reload.
+        # The bytes must say so too: a user template may render more than server lines
+        # from the same model structure, and that would be a new config that needs a check.
         servers_only = (
             changed
             and slots is not None
@@ -241,6 +246,8 @@ class Daemon:
             and not state.reload_pending
             and state.reloaded_with == target
             and slots.structure == state.slots.structure
+            and state.on_disk is not None
+            and only_slot_lines_differ(state.on_disk, data)
         )
         if (
             servers_only
@@ -455,6 +462,7 @@ class Daemon:
         self.debouncer.quiet = new.debounce.quiet
         self.debouncer.max_wait = new.debounce.max
         self.watcher.resync = new.docker.resync
+        self.watcher.set_discovery(new.discovery.swarm, new.discovery.label_prefix)
         setup_logging(new.log)
         log.info("config reloaded (%s): %d target(s)", reason, len(targets))
         self.debouncer.poke()
@@ -568,6 +576,14 @@ class Daemon:
                 self.metrics.engine_reconnects.inc(self.watcher.reconnects - seen_reconnects)
                 seen_reconnects = self.watcher.reconnects
             await asyncio.sleep(0.5)
+
+
+_SLOT_LINE = re.compile(rb"^[ \t]*server[ \t]+s[0-9]+[ \t].*$", re.MULTILINE)
+
+
+def only_slot_lines_differ(old: bytes, new: bytes) -> bool:
+    """Do two renderings differ in nothing but the `server sN ...` slot lines?"""
+    return _SLOT_LINE.sub(b"server", old) == _SLOT_LINE.sub(b"server", new)
 
 
 def _describe_proxy(target: TargetConfig) -> str:

@@ -5,6 +5,15 @@ two: the events stream is opened (and read in its own task, so the engine never 
 stalling) before the containers are listed; events queued meanwhile are applied after the
 listing, which is harmless because applying an event means re-inspecting the one container it
 names. Every reconnect and every `docker.resync` lists again and reconciles.
+
+Swarm mode (`discovery.swarm`, on a manager): the stream also carries `service` and `node`
+events, and every full listing lists services, tasks and nodes too (`lbsync.swarm` turns them
+into containers). The engine emits no task events, so a service is looked up again (one
+inspect plus one list of its tasks) on its own events, on an event of one of its task
+containers on this node, and on node events; after such an event its tasks are listed every
+`SETTLE_INTERVAL` until they have converged (`SETTLE_MIN` at least, `SETTLE_MAX` at most,
+the whole of a rolling update). A task that changes on another node with no event at all (a
+crash and its restart there) is seen at the next resync.
 """
 
 from __future__ import annotations
@@ -14,11 +23,13 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import tenacity
 
+from lbsync.config import SwarmMode
 from lbsync.containers import ContainerParseError, container_from_inspect
 from lbsync.docker_api import (
     ApiVersionTooOld,
@@ -31,6 +42,22 @@ from lbsync.docker_api import (
 )
 from lbsync.model import Container
 from lbsync.registry import Registry, is_serving
+from lbsync.swarm import (
+    SERVICE_ID_LABEL,
+    TASK_ID_LABEL,
+    SwarmInfo,
+    is_settled,
+    is_updating,
+    mask_task_container,
+    node_addresses,
+    node_states,
+    service_containers,
+    service_id,
+    swarm_info,
+    task_container_id,
+    task_nodes,
+    tasks_by_service,
+)
 
 log = logging.getLogger("lbsync.watcher")
 
@@ -60,6 +87,17 @@ NETWORK_ACTIONS = frozenset({"connect", "disconnect"})
 TERMINATING_SIGNALS = frozenset({"TERM", "INT", "QUIT", "KILL"})
 INSPECT_CONCURRENCY = 16
 WATCHED_TYPES: Mapping[str, Sequence[str]] = {"type": ["container", "network"]}
+SWARM_WATCHED_TYPES: Mapping[str, Sequence[str]] = {
+    "type": ["container", "network", "service", "node"]
+}
+SERVICE_ACTIONS = frozenset({"create", "update", "remove"})
+NODE_ACTIONS = frozenset({"create", "update", "remove"})
+#: Tasks swarm wants running; its history (up to 5 old tasks per slot) and the tasks it is
+#: stopping are left out, so a task leaves the pool as soon as swarm decides to stop it.
+CURRENT_TASKS: Mapping[str, Sequence[str]] = {"desired-state": ["running"]}
+SETTLE_INTERVAL = 1.0  # seconds between task listings of a service that is converging
+SETTLE_MIN = 3.0  # ... for at least this long after its event (new tasks take a moment)
+SETTLE_MAX = 60.0  # ... and at most this long, unless a rolling update is running
 
 
 def signal_name(value: str) -> str:
@@ -101,7 +139,20 @@ class StreamEnd:
         self.error = error
 
 
+class Resubscribe(DockerError):
+    """Put on the queue (as a `StreamEnd`) when the event types to watch changed: the session
+    ends and a new one subscribes and lists again. Not an outage."""
+
+
 EventQueue = asyncio.Queue[Event | StreamEnd]
+
+
+@dataclass(slots=True)
+class _Settling:
+    """A swarm service whose tasks are listed again until they converge."""
+
+    since: float  # loop time of its last event
+    next_poll: float
 
 
 @contextlib.asynccontextmanager
@@ -155,6 +206,8 @@ class Watcher:
         resync: float = 60.0,
         retry_max_wait: float = 10.0,
         on_event: Callable[[Event], None] | None = None,
+        swarm: SwarmMode | None = None,
+        label_prefix: str = "lbsync",
     ) -> None:
         self.client = client
         self.registry = registry
@@ -162,6 +215,17 @@ class Watcher:
         self.resync = resync
         self.retry_max_wait = retry_max_wait
         self.on_event = on_event
+        # Swarm mode: configured, and active while the engine is a manager.
+        self.swarm = swarm
+        self.label_prefix = label_prefix
+        self.swarm_info: SwarmInfo | None = None
+        self.swarm_active = False
+        self._swarm_members: dict[str, frozenset[str]] = {}  # service id -> registry ids
+        self._service_nodes: dict[str, set[str]] = {}  # service id -> nodes of its tasks
+        self._nodes: dict[str, str] = {}  # node id -> Status.Addr
+        self._node_states: dict[str, tuple[str, str, str]] = {}
+        self._settling: dict[str, _Settling] = {}
+        self._queue: EventQueue | None = None
         self.connected = False
         self.disconnected_since: float | None = time.time()
         self.last_error: str | None = None
@@ -182,6 +246,8 @@ class Watcher:
                 await self._session()
             except (PermissionDenied, ApiVersionTooOld):
                 raise
+            except Resubscribe as exc:
+                log.info("%s: subscribing and listing again", exc)
             except DockerError as exc:
                 self._lost(str(exc))
 
@@ -223,37 +289,75 @@ class Watcher:
             exc,
         )
 
+    def set_discovery(self, swarm: SwarmMode | None, label_prefix: str) -> None:
+        """A reloaded config: when the swarm settings changed, subscribe and list again."""
+        unchanged = (swarm, label_prefix) == (self.swarm, self.label_prefix)
+        off = swarm is None and self.swarm is None  # the prefix masks nothing then
+        self.swarm = swarm
+        self.label_prefix = label_prefix
+        if not unchanged and not off and self._queue is not None:
+            self._queue.put_nowait(StreamEnd(Resubscribe("discovery settings changed")))
+
     async def _session(self) -> None:
         await self._connect_with_backoff()
         since = None
         if self._last_event_ns is not None:
             seconds, nanos = divmod(self._last_event_ns, 1_000_000_000)
             since = f"{seconds}.{nanos:09d}"
-        async with subscribed_events(self.client, since=since, filters=WATCHED_TYPES) as queue:
-            await self.relist("reconnect" if self.listed.is_set() else "start")
-            if not self.connected:
-                log.info(
-                    "connected to the engine at %s (API %d.%d)",
-                    self.client.endpoint.url,
-                    *self.client.api_version,
-                )
-            self.connected = True
-            self.disconnected_since = None
-            self.last_error = None
-            self.listed.set()
-            await self._follow(queue)
+        filters = WATCHED_TYPES if self.swarm is None else SWARM_WATCHED_TYPES
+        async with subscribed_events(self.client, since=since, filters=filters) as queue:
+            self._queue = queue
+            try:
+                await self.relist("reconnect" if self.listed.is_set() else "start")
+                if not self.connected:
+                    log.info(
+                        "connected to the engine at %s (API %d.%d)",
+                        self.client.endpoint.url,
+                        *self.client.api_version,
+                    )
+                self.connected = True
+                self.disconnected_since = None
+                self.last_error = None
+                self.listed.set()
+                await self._follow(queue)
+            finally:
+                self._queue = None
 
     # -- listing --
 
     async def relist(self, reason: str) -> None:
-        """List every container, inspect each, reconcile the registry."""
+        """List every container, inspect each, reconcile the registry.
+
+        Swarm mode: first ask whether the engine is a manager; if so list services, tasks and
+        nodes too, after the containers (whose health the tasks here take).
+        """
+        if self.swarm is not None:
+            await self._check_swarm()
+        else:
+            self.swarm_active = False
+            self._settling.clear()
         listed = await self.client.list_containers(all=True)
         ids = [str(item["Id"]) for item in listed if item.get("Id")]
         inspected = await self._inspect_many(ids)
         containers = [c for c in inspected.values() if c is not None]
+        real = len(containers)
+        members: dict[str, list[Container]] = {}
+        if self.swarm_active:
+            members = await self._list_swarm({c.id: c.health for c in containers})
+            containers += [c for group in members.values() for c in group]
         before = {c.id: is_serving(c) for c in self.registry.containers()}
         changed = self.registry.replace_all(containers)
-        log.debug("listed %d containers (%s)", len(containers), reason)
+        self._swarm_members = {sid: frozenset(c.id for c in g) for sid, g in members.items()}
+        if self.swarm_active:
+            log.debug(
+                "listed %d containers and %d services (%d routable objects) (%s)",
+                real,
+                len(members),
+                len(containers) - real,
+                reason,
+            )
+        else:
+            log.debug("listed %d containers (%s)", len(containers), reason)
         if changed or reason == "start":
             urgent = any(
                 serving and not is_serving(self.registry.get(cid))
@@ -278,10 +382,199 @@ class Watcher:
         except NotFound:
             return None
         try:
-            return container_from_inspect(data)
+            container = container_from_inspect(data)
         except ContainerParseError as exc:
             log.warning("container %s: unreadable inspect answer (%s)", container_id[:12], exc)
             return None
+        if self.swarm_active:
+            return mask_task_container(container, self.label_prefix)
+        return container
+
+    # -- swarm --
+
+    async def _check_swarm(self) -> None:
+        """Is the engine a swarm manager (so that swarm discovery can run)? Said once."""
+        info = swarm_info(await self.client.info())
+        was = self.swarm_active
+        first = self.swarm_info is None
+        self.swarm_info = info
+        self.swarm_active = info.is_manager
+        if self.swarm_active and not was:
+            log.info("swarm discovery (%s) on manager node %s", self.swarm, info.node_id)
+        elif not self.swarm_active and (was or first):
+            log.warning(
+                "discovery.swarm is %s but the engine at %s is not a swarm manager "
+                "(LocalNodeState %s, ControlAvailable %s): only its containers are discovered; "
+                "run lbsync on a manager node",
+                self.swarm,
+                self.client.endpoint.url,
+                info.local_node_state or "unknown",
+                str(info.control_available).lower(),
+            )
+        if not self.swarm_active:
+            self._settling.clear()
+
+    async def _list_swarm(self, health: Mapping[str, str]) -> dict[str, list[Container]]:
+        """Every service as its containers (one list each of services, tasks and nodes)."""
+        services, tasks, nodes = await asyncio.gather(
+            self.client.list_services(),
+            self.client.list_tasks(filters=CURRENT_TASKS),
+            self.client.list_nodes(),
+        )
+        self._nodes = node_addresses(nodes)
+        self._node_states = node_states(nodes)
+        grouped = tasks_by_service(tasks)
+        members: dict[str, list[Container]] = {}
+        self._service_nodes = {}
+        assert self.swarm is not None
+        for service in services:
+            sid = service_id(service)
+            own = grouped.get(sid, [])
+            members[sid] = service_containers(service, own, self.swarm, self._nodes, health)
+            self._service_nodes[sid] = task_nodes(own)
+        for sid in set(self._settling) - set(members):
+            del self._settling[sid]
+        return members
+
+    def _local_health(self) -> dict[str, str]:
+        """Health of the real containers here, by id: tasks here take their container's."""
+        return {c.id: c.health for c in self.registry.containers() if not c.id.startswith("swarm-")}
+
+    def _settle(self, service_ids: Iterable[str]) -> None:
+        now = asyncio.get_running_loop().time()
+        for sid in service_ids:
+            self._settling[sid] = _Settling(since=now, next_poll=now + SETTLE_INTERVAL)
+
+    def _next_settle_poll(self) -> float | None:
+        return min((s.next_poll for s in self._settling.values()), default=None)
+
+    async def _refresh_services(
+        self, service_ids: Iterable[str], event_time_ns: int | None = None
+    ) -> bool:
+        """Look each service up again (404: removed) with its tasks; update the registry.
+
+        Returns whether anything a pass reads changed; tells `on_change` itself.
+        """
+        assert self.swarm is not None
+        semaphore = asyncio.Semaphore(INSPECT_CONCURRENCY)
+
+        async def one(sid: str) -> tuple[str, dict[str, Any] | None, list[dict[str, Any]]]:
+            async with semaphore:
+                try:
+                    service = await self.client.inspect_service(sid)
+                except NotFound:
+                    return sid, None, []
+                filters = {"service": [sid], **CURRENT_TASKS}
+                try:
+                    return sid, service, await self.client.list_tasks(filters=filters)
+                except NotFound:  # removed between the two calls
+                    return sid, None, []
+
+        found = await asyncio.gather(*(one(sid) for sid in service_ids))
+        if any(node not in self._nodes for _, _, tasks in found for node in task_nodes(tasks)):
+            nodes = await self.client.list_nodes()
+            self._nodes = node_addresses(nodes)
+            self._node_states = node_states(nodes)
+        health = self._local_health()
+        fresh: dict[str, list[Container]] = {}
+        now = asyncio.get_running_loop().time()
+        for sid, service, tasks in found:
+            if service is None:
+                fresh[sid] = []
+                self._settling.pop(sid, None)
+                self._service_nodes.pop(sid, None)
+                continue
+            fresh[sid] = service_containers(service, tasks, self.swarm, self._nodes, health)
+            self._service_nodes[sid] = task_nodes(tasks)
+            settling = self._settling.get(sid)
+            if settling is not None:
+                converging = not is_settled(service, tasks)
+                age = now - settling.since
+                done = (not converging and age >= SETTLE_MIN) or (
+                    age >= SETTLE_MAX and not is_updating(service)
+                )
+                if done:
+                    del self._settling[sid]
+                else:
+                    settling.next_poll = now + SETTLE_INTERVAL
+        return self._replace_services(fresh, event_time_ns)
+
+    def _replace_services(
+        self, fresh: Mapping[str, Sequence[Container]], event_time_ns: int | None
+    ) -> bool:
+        """Put these services' containers in the registry in place of their old ones."""
+        before: dict[str, bool] = {}
+        changed = False
+        for sid, containers in fresh.items():
+            old = self._swarm_members.get(sid, frozenset())
+            new_ids = frozenset(c.id for c in containers)
+            for cid in old:
+                before[cid] = is_serving(self.registry.get(cid))
+            for cid in old - new_ids:
+                changed = self.registry.remove(cid) or changed
+            for container in containers:
+                changed = self.registry.upsert(container) or changed
+            if new_ids:
+                self._swarm_members[sid] = new_ids
+            else:
+                self._swarm_members.pop(sid, None)
+        if changed:
+            urgent = any(
+                was and not is_serving(self.registry.get(cid)) for cid, was in before.items()
+            )
+            self.on_change(Change(urgent=urgent, event_time_ns=event_time_ns, reason="swarm"))
+        return changed
+
+    async def _poll_settling(self) -> None:
+        now = asyncio.get_running_loop().time()
+        due = [sid for sid, s in self._settling.items() if s.next_poll <= now]
+        if due:
+            await self._refresh_services(due)
+
+    async def _swarm_events(self, events: list[Event]) -> None:
+        """Service, node and task-container events: look the services up again."""
+        services: dict[str, None] = {}  # ordered set
+        nodes_changed: set[str] = set()
+        stopped_now = False
+        for event in events:
+            if event.type == "service" and event.base_action in SERVICE_ACTIONS:
+                if event.actor_id:
+                    services[event.actor_id] = None
+            elif event.type == "node" and event.base_action in NODE_ACTIONS:
+                nodes_changed.add(event.actor_id)
+            elif event.type == "container" and event.base_action in CONTAINER_ACTIONS:
+                sid = event.attributes.get(SERVICE_ID_LABEL)
+                if sid:
+                    services[sid] = None
+                task_id = event.attributes.get(TASK_ID_LABEL)
+                if task_id and event.base_action == "kill":
+                    # The task's container here is told to stop: its task leaves the pool now.
+                    cid = task_container_id(task_id)
+                    if is_terminating_kill(event, self.registry.raw(cid)):
+                        stopped_now = self.registry.mark_stopping(cid) or stopped_now
+        oldest = min(e.time_nano for e in events) or None
+        if stopped_now:
+            self.on_change(Change(urgent=True, event_time_ns=oldest, reason="stopping"))
+        if nodes_changed:
+            # A node event: list the nodes (one call). Those whose address, state or
+            # availability changed (down, drained, re-addressed) move or re-address their
+            # tasks: the services with tasks there are looked up and followed while swarm
+            # moves them. Other node updates (attachments for a new network) change nothing.
+            nodes = await self.client.list_nodes()
+            fresh_states = node_states(nodes)
+            moved = {
+                node
+                for node in set(fresh_states) | set(self._node_states)
+                if fresh_states.get(node) != self._node_states.get(node)
+            }
+            self._nodes = node_addresses(nodes)
+            self._node_states = fresh_states
+            for sid, on in self._service_nodes.items():
+                if on & moved:
+                    services[sid] = None
+        if services:
+            self._settle(services)
+            await self._refresh_services(list(services), oldest)
 
     # -- following --
 
@@ -289,13 +582,20 @@ class Watcher:
         loop = asyncio.get_running_loop()
         next_resync = loop.time() + self.resync if self.resync > 0 else None
         while True:
-            timeout = None if next_resync is None else max(0.0, next_resync - loop.time())
+            wake = next_resync
+            settle = self._next_settle_poll()
+            if settle is not None:
+                wake = settle if wake is None else min(wake, settle)
+            timeout = None if wake is None else max(0.0, wake - loop.time())
             try:
                 async with asyncio.timeout(timeout):  # not wait_for: see debounce.py
                     first = await queue.get()
             except TimeoutError:
-                await self.relist("resync")
-                next_resync = loop.time() + self.resync
+                if next_resync is not None and loop.time() >= next_resync:
+                    await self.relist("resync")
+                    next_resync = loop.time() + self.resync
+                else:
+                    await self._poll_settling()
                 continue
             batch = [first]
             while not queue.empty():
@@ -303,6 +603,8 @@ class Watcher:
             events = [item for item in batch if isinstance(item, Event)]
             if events:
                 await self.apply(events)
+            if self._settling:
+                await self._poll_settling()  # a busy stream must not starve the polls
             ends = [item for item in batch if isinstance(item, StreamEnd)]
             if ends:
                 raise ends[0].error
@@ -319,8 +621,13 @@ class Watcher:
             container_id = self._container_of(event)
             if container_id:
                 touched.setdefault(container_id, []).append(event)
-        if not touched:
-            return
+        if touched:
+            await self._apply_containers(touched)
+        if self.swarm_active:
+            await self._swarm_events(events)
+
+    async def _apply_containers(self, touched: dict[str, list[Event]]) -> None:
+        """The container part of `apply`: stop marks, removals, one inspect per container."""
 
         # Stop marks first and at once: the removal pass must not wait for inspects.
         oldest = min(e.time_nano for group in touched.values() for e in group) or None
