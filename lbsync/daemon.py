@@ -37,6 +37,7 @@ from lbsync.haproxy import (
     slot_view,
     structure_key,
 )
+from lbsync.labels import parse_services
 from lbsync.logs import setup_logging
 from lbsync.metrics import Metrics
 from lbsync.model import Container, RoutingModel
@@ -45,6 +46,7 @@ from lbsync.proxy import (
     ReloadFailed,
     check,
     find_proxies,
+    is_proxy,
     reload,
     uses_containers,
 )
@@ -134,6 +136,7 @@ class Daemon:
             self._on_change,
             resync=config.docker.resync,
             on_event=self._count_event,
+            matters=self._matters,
             swarm=config.discovery.swarm,
             label_prefix=config.discovery.label_prefix,
         )
@@ -148,6 +151,18 @@ class Daemon:
         self.changes: collections.deque[RecentChange] = collections.deque(maxlen=RECENT_CHANGES)
 
     # -- events in --
+
+    def _matters(self, container: Container) -> bool:
+        """Can this container change any target's output? Others cost no pass at all."""
+        parsed = parse_services(container, self.config.discovery)  # cached by its labels
+        for state in self.targets:
+            target = state.config
+            if is_proxy(target, container):
+                return True
+            selected = target.select is None or target.select.matches(container.labels)
+            if selected and (parsed.enabled or parsed.skips):
+                return True
+        return False
 
     def _count_event(self, event: Event) -> None:
         # The base action only: `exec_start: <command>` would make a label value per command.

@@ -52,17 +52,17 @@ def uses_containers(target: TargetConfig) -> bool:
     return target.check == "exec" or signals_container(target)
 
 
+def is_proxy(target: TargetConfig, container: Container) -> bool:
+    """Does the target's `proxy` name this container (running or not)?"""
+    selector = target.proxy
+    if selector.label is not None and selector.label.matches(container.labels):
+        return True
+    return selector.name is not None and container.name == selector.name.lstrip("/")
+
+
 def find_proxies(target: TargetConfig, containers: Iterable[Container]) -> list[Container]:
     """The running containers the target's `proxy` names, sorted by name (then id)."""
-    selector = target.proxy
-    found = []
-    for container in containers:
-        if container.state != "running":
-            continue
-        by_label = selector.label is not None and selector.label.matches(container.labels)
-        by_name = selector.name is not None and container.name == selector.name.lstrip("/")
-        if by_label or by_name:
-            found.append(container)
+    found = [c for c in containers if c.state == "running" and is_proxy(target, c)]
     return sorted(found, key=lambda c: (c.name, c.id))
 
 

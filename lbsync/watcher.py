@@ -86,6 +86,7 @@ NETWORK_ACTIONS = frozenset({"connect", "disconnect"})
 #: Signals that end a process unless it handles them; the container's own StopSignal too.
 TERMINATING_SIGNALS = frozenset({"TERM", "INT", "QUIT", "KILL"})
 INSPECT_CONCURRENCY = 16
+PODMAN_HEALTH_RECHECK = 0.5  # seconds after a Podman health_status event
 WATCHED_TYPES: Mapping[str, Sequence[str]] = {"type": ["container", "network"]}
 SWARM_WATCHED_TYPES: Mapping[str, Sequence[str]] = {
     "type": ["container", "network", "service", "node"]
@@ -208,8 +209,11 @@ class Watcher:
         on_event: Callable[[Event], None] | None = None,
         swarm: SwarmMode | None = None,
         label_prefix: str = "lbsync",
+        matters: Callable[[Container], bool] | None = None,
     ) -> None:
         self.client = client
+        # Does a change of this container concern any target? None: every container does.
+        self.matters = matters
         self.registry = registry
         self.on_change = on_change
         self.resync = resync
@@ -233,6 +237,13 @@ class Watcher:
         self.reconnects = 0
         self.events_seen = 0
         self._last_event_ns: int | None = None
+        # Inspects run beside the event loop, one at a time per container: a kill that
+        # arrives while others are inspected is applied at once, never queued behind them.
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()  # an event came during its inspect: inspect again
+        self._event_ns: dict[str, int] = {}  # oldest event not yet applied, per container
+        self._inspect_slots = asyncio.Semaphore(INSPECT_CONCURRENCY)
+        self._needs_relist = False
 
     # -- the outer loop --
 
@@ -322,6 +333,10 @@ class Watcher:
                 await self._follow(queue)
             finally:
                 self._queue = None
+                for task in list(self._inflight.values()):
+                    task.cancel()
+                self._inflight.clear()
+                self._dirty.clear()
 
     # -- listing --
 
@@ -331,6 +346,8 @@ class Watcher:
         Swarm mode: first ask whether the engine is a manager; if so list services, tasks and
         nodes too, after the containers (whose health the tasks here take).
         """
+        await self._drain_inspects()
+        self._needs_relist = False
         if self.swarm is not None:
             await self._check_swarm()
         else:
@@ -602,7 +619,9 @@ class Watcher:
                 batch.append(queue.get_nowait())
             events = [item for item in batch if isinstance(item, Event)]
             if events:
-                await self.apply(events)
+                await self._note(events)
+            if self._needs_relist:
+                await self.relist("an inspect failed")
             if self._settling:
                 await self._poll_settling()  # a busy stream must not starve the polls
             ends = [item for item in batch if isinstance(item, StreamEnd)]
@@ -610,7 +629,12 @@ class Watcher:
                 raise ends[0].error
 
     async def apply(self, events: list[Event]) -> None:
-        """Apply a batch of events: at most one inspect per container named in it."""
+        """Apply a batch of events and wait until their inspects are applied too."""
+        await self._note(events)
+        await self._drain_inspects()
+
+    async def _note(self, events: list[Event]) -> None:
+        """Take in a batch: stop marks and removals now, inspects started in the background."""
         touched: dict[str, list[Event]] = {}
         for event in events:
             self.events_seen += 1
@@ -622,15 +646,20 @@ class Watcher:
             if container_id:
                 touched.setdefault(container_id, []).append(event)
         if touched:
-            await self._apply_containers(touched)
+            self._apply_containers(touched)
         if self.swarm_active:
             await self._swarm_events(events)
 
-    async def _apply_containers(self, touched: dict[str, list[Event]]) -> None:
-        """The container part of `apply`: stop marks, removals, one inspect per container."""
+    def _concerns(self, *containers: Container | None) -> bool:
+        if self.matters is None:
+            return True
+        return any(c is not None and self.matters(c) for c in containers)
 
-        # Stop marks first and at once: the removal pass must not wait for inspects.
+    def _apply_containers(self, touched: dict[str, list[Event]]) -> None:
+        """The container part of a batch: stop marks, removals, one inspect per container."""
         oldest = min(e.time_nano for group in touched.values() for e in group) or None
+
+        # Stop marks first and at once: the removal pass must not wait for anything.
         stopped_now = False
         for container_id, group in touched.items():
             current = self.registry.raw(container_id)
@@ -640,30 +669,76 @@ class Watcher:
                 and is_terminating_kill(e, current)
                 for e in group
             ):
-                stopped_now = self.registry.mark_stopping(container_id) or stopped_now
+                marked = self.registry.mark_stopping(container_id)
+                stopped_now = stopped_now or (marked and self._concerns(current))
         if stopped_now:
             self.on_change(Change(urgent=True, event_time_ns=oldest, reason="stopping"))
 
-        before = {cid: is_serving(self.registry.get(cid)) for cid in touched}
-        removed = [
-            cid
-            for cid, group in touched.items()
-            if group[-1].type == "container" and group[-1].base_action in REMOVED_ACTIONS
-        ]
-        changed = False
-        for cid in removed:
-            changed = self.registry.remove(cid) or changed
-        to_inspect = [cid for cid in touched if cid not in removed]
-        for cid, container in (await self._inspect_many(to_inspect)).items():
-            if container is None:
-                changed = self.registry.remove(cid) or changed
-            else:
-                changed = self.registry.upsert(container) or changed
-        if changed:
-            urgent = any(
-                was and not is_serving(self.registry.get(cid)) for cid, was in before.items()
-            )
-            self.on_change(Change(urgent=urgent, event_time_ns=oldest, reason="event"))
+        removed_now = False
+        for container_id, group in touched.items():
+            last = group[-1]
+            times = [e.time_nano for e in group if e.time_nano]
+            if times:
+                first = min(times)
+                self._event_ns[container_id] = min(self._event_ns.get(container_id, first), first)
+            removal = last.type == "container" and last.base_action in REMOVED_ACTIONS
+            if removal and container_id not in self._inflight:
+                before = self.registry.raw(container_id)
+                if self.registry.remove(container_id) and self._concerns(before):
+                    removed_now = True
+                self._event_ns.pop(container_id, None)
+                continue
+            self._schedule_inspect(container_id)
+            if any("HealthStatus" in e.raw for e in group):
+                # Podman sends health_status before it stores the new status: look again.
+                asyncio.get_running_loop().call_later(
+                    PODMAN_HEALTH_RECHECK, self._schedule_inspect, container_id
+                )
+        if removed_now:
+            self.on_change(Change(urgent=False, event_time_ns=oldest, reason="removed"))
+
+    def _schedule_inspect(self, container_id: str) -> None:
+        if container_id in self._inflight:
+            self._dirty.add(container_id)
+            return
+        self._inflight[container_id] = asyncio.create_task(
+            self._inspect_and_apply(container_id), name=f"lbsync-inspect-{container_id[:12]}"
+        )
+
+    async def _inspect_and_apply(self, container_id: str) -> None:
+        try:
+            while True:
+                self._dirty.discard(container_id)
+                async with self._inspect_slots:
+                    container = await self._inspect(container_id)
+                self._apply_inspected(container_id, container)
+                if container_id not in self._dirty:
+                    return
+        except DockerError as exc:
+            # Probably the connection: the stream fails too and the re-list catches up. If
+            # not (a 500 for one inspect), re-list now rather than keep a stale entry.
+            log.warning("cannot inspect container %s: %s", container_id[:12], exc)
+            self._needs_relist = True
+        finally:
+            self._inflight.pop(container_id, None)
+
+    def _apply_inspected(self, container_id: str, container: Container | None) -> None:
+        before = self.registry.raw(container_id)
+        was_serving = is_serving(self.registry.get(container_id))
+        if container is None:
+            changed = self.registry.remove(container_id)
+        else:
+            changed = self.registry.upsert(container)
+        event_ns = self._event_ns.pop(container_id, None)
+        if not changed or not self._concerns(before, container):
+            return
+        urgent = was_serving and not is_serving(self.registry.get(container_id))
+        self.on_change(Change(urgent=urgent, event_time_ns=event_ns, reason="event"))
+
+    async def _drain_inspects(self) -> None:
+        """Wait for every inspect in flight (and those they start) to be applied."""
+        while self._inflight:
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
 
     @staticmethod
     def _container_of(event: Event) -> str | None:
