@@ -51,10 +51,10 @@ from typing import Any
 import lbsync.labels
 from lbsync.config import Config, DiscoveryConfig, TargetConfig, parse_config
 from lbsync.model import Container, NetworkAttachment
-from lbsync.proxy import find_proxies
 from lbsync.registry import Registry
 from lbsync.render import CompiledTemplate, load_template, render
 from lbsync.routing import ParsedEntry, build_model
+from lbsync.selection import find_proxies
 
 #: name -> (hosts, containers per host)
 SCENARIOS: dict[str, tuple[int, int]] = {"1000x10": (1000, 10), "10000x1": (10000, 1)}

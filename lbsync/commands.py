@@ -18,10 +18,10 @@ from lbsync.docker_api import DockerClient, Event, NotFound, resolve_endpoint
 from lbsync.labels import parse_services
 from lbsync.logs import setup_logging
 from lbsync.model import Service
-from lbsync.proxy import find_proxies
 from lbsync.registry import Registry
 from lbsync.render import CompiledTemplate, TemplateError, load_template, render
 from lbsync.routing import build_model
+from lbsync.selection import find_proxies
 from lbsync.watcher import (
     CONTAINER_ACTIONS,
     REMOVED_ACTIONS,

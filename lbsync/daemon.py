@@ -41,18 +41,11 @@ from lbsync.labels import parse_services
 from lbsync.logs import setup_logging
 from lbsync.metrics import Metrics
 from lbsync.model import Container, RoutingModel
-from lbsync.proxy import (
-    CheckFailed,
-    ReloadFailed,
-    check,
-    find_proxies,
-    is_proxy,
-    reload,
-    uses_containers,
-)
+from lbsync.proxy import CheckFailed, ReloadFailed, check, reload
 from lbsync.registry import Registry
 from lbsync.render import CompiledTemplate, TemplateError, load_template, render
 from lbsync.routing import NOT_HEALTHY, NOT_RUNNING, build_model
+from lbsync.selection import find_proxies, is_proxy, uses_containers
 from lbsync.watcher import Change, Watcher
 from lbsync.writer import WriteError, read_current, restore, write_atomic
 

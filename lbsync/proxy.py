@@ -1,6 +1,6 @@
-"""The proxy side of a pass: find the proxy, check a written config, reload and confirm.
+"""The proxy side of a pass: check a written config, reload the proxy and confirm it.
 
-Finding is pure (over the registry's containers). Checking and reloading are I/O: exec or
+Finding the proxy is pure and lives in `lbsync.selection`. Checking and reloading are I/O: exec or
 signals through the Docker API, a signal to a pid from a pid file (a shared PID namespace),
 or a local command.
 """
@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,35 +35,6 @@ class ReloadFailed(Exception):
 
 class ProxyMissing(Exception):
     """No running proxy container matches the target: nothing may be written yet."""
-
-
-def signals_container(target: TargetConfig) -> bool:
-    """Is the reload a signal (or exec) through the Docker API? haproxy-runtime reloads the
-    structure through the master socket when it has one, else by signal like `signal`."""
-    if target.reload == "haproxy-runtime":
-        return target.master_socket is None
-    return target.reload in ("signal", "exec")
-
-
-def uses_containers(target: TargetConfig) -> bool:
-    """Does this target need a proxy container (rather than a pid file or local commands)?"""
-    if target.proxy.pid_file is not None:
-        return False
-    return target.check == "exec" or signals_container(target)
-
-
-def is_proxy(target: TargetConfig, container: Container) -> bool:
-    """Does the target's `proxy` name this container (running or not)?"""
-    selector = target.proxy
-    if selector.label is not None and selector.label.matches(container.labels):
-        return True
-    return selector.name is not None and container.name == selector.name.lstrip("/")
-
-
-def find_proxies(target: TargetConfig, containers: Iterable[Container]) -> list[Container]:
-    """The running containers the target's `proxy` names, sorted by name (then id)."""
-    found = [c for c in containers if c.state == "running" and is_proxy(target, c)]
-    return sorted(found, key=lambda c: (c.name, c.id))
 
 
 # --- checks -------------------------------------------------------------------------------
