@@ -230,8 +230,8 @@ class PassEnd:
 class Seen:
     action: str
     time_nano: int
-    received_ns: int  # handed to `Watcher.apply`
-    applied_ns: int = 0  # `apply` returned: inspected, in the registry, debouncer poked
+    received_ns: int  # handed to the watcher (`Watcher._note`)
+    applied_ns: int = 0  # its inspect applied: in the registry, debouncer poked
 
 
 class Probe:
@@ -295,12 +295,12 @@ class Probe:
                 self._poke()
 
         watcher = daemon.watcher
-        orig_apply = watcher.apply
+        orig_note = watcher._note
+        orig_applied = watcher._apply_inspected
 
-        async def apply(events: list[Event]) -> None:
+        async def note(events: list[Event]) -> None:
             received = time.time_ns()
             c0 = time.thread_time()
-            batch: list[Seen] = []
             for event in events:
                 # Network events name their container in an attribute.
                 key = event.actor_id if event.type == "container" else ""
@@ -309,12 +309,16 @@ class Probe:
                 if key:
                     seen = Seen(event.base_action, event.time_nano, received)
                     self.events.setdefault(key, []).append(seen)
-                    batch.append(seen)
             self.instrument_cpu += time.thread_time() - c0
-            await orig_apply(events)
+            await orig_note(events)
+            self._poke()
+
+        def apply_inspected(container_id: str, container: Container | None) -> None:
+            orig_applied(container_id, container)
             applied = time.time_ns()
-            for seen in batch:
-                seen.applied_ns = applied
+            for seen in self.events.get(container_id, ()):
+                if not seen.applied_ns:
+                    seen.applied_ns = applied
             self._poke()
 
         client = daemon.client
@@ -331,14 +335,16 @@ class Probe:
         names["write_atomic"] = write_atomic
         names["reload"] = reload
         setattr(daemon, "_pass", run_pass)  # noqa: B010 (a method: mypy refuses assignment)
-        setattr(watcher, "apply", apply)  # noqa: B010
+        setattr(watcher, "_note", note)  # noqa: B010
+        setattr(watcher, "_apply_inspected", apply_inspected)  # noqa: B010
 
         def undo() -> None:
             names["write_atomic"] = orig_write
             names["reload"] = orig_reload
             for obj, name in (
                 (daemon, "_pass"),
-                (watcher, "apply"),
+                (watcher, "_note"),
+                (watcher, "_apply_inspected"),
                 (client, "inspect_container"),
             ):
                 with contextlib.suppress(AttributeError):
