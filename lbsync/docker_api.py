@@ -450,14 +450,23 @@ class DockerClient:
         result = await self._json("GET", "/version")
         return dict(result)
 
+    async def _list(
+        self,
+        path: str,
+        filters: Mapping[str, Sequence[str]] | None,
+        params: Mapping[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """A `GET` of a list endpoint, with the engine's JSON-encoded `filters`."""
+        query = dict(params or {})
+        if filters:
+            query["filters"] = json.dumps({k: list(v) for k, v in filters.items()})
+        result = await self._json("GET", path, params=query)
+        return list(result)
+
     async def list_containers(
         self, *, all: bool = True, filters: Mapping[str, Sequence[str]] | None = None
     ) -> list[dict[str, Any]]:
-        params = {"all": "1" if all else "0"}
-        if filters:
-            params["filters"] = json.dumps({k: list(v) for k, v in filters.items()})
-        result = await self._json("GET", "/containers/json", params=params)
-        return list(result)
+        return await self._list("/containers/json", filters, {"all": "1" if all else "0"})
 
     async def inspect_container(self, container_id: str) -> dict[str, Any]:
         result = await self._json("GET", f"/containers/{quote(container_id, safe='')}/json")
@@ -466,11 +475,7 @@ class DockerClient:
     async def list_networks(
         self, filters: Mapping[str, Sequence[str]] | None = None
     ) -> list[dict[str, Any]]:
-        params = {}
-        if filters:
-            params["filters"] = json.dumps({k: list(v) for k, v in filters.items()})
-        result = await self._json("GET", "/networks", params=params)
-        return list(result)
+        return await self._list("/networks", filters)
 
     # -- swarm (a manager answers these; any other engine answers 503) --
 
@@ -483,11 +488,7 @@ class DockerClient:
         self, filters: Mapping[str, Sequence[str]] | None = None
     ) -> list[dict[str, Any]]:
         """`GET /services`: every swarm service (labels on `Spec.Labels`)."""
-        params = {}
-        if filters:
-            params["filters"] = json.dumps({k: list(v) for k, v in filters.items()})
-        result = await self._json("GET", "/services", params=params)
-        return list(result)
+        return await self._list("/services", filters)
 
     async def inspect_service(self, service_id: str) -> dict[str, Any]:
         """`GET /services/{id}`; `NotFound` when the service was removed."""
@@ -498,21 +499,13 @@ class DockerClient:
         self, filters: Mapping[str, Sequence[str]] | None = None
     ) -> list[dict[str, Any]]:
         """`GET /tasks`, e.g. `filters={"service": [id], "desired-state": ["running"]}`."""
-        params = {}
-        if filters:
-            params["filters"] = json.dumps({k: list(v) for k, v in filters.items()})
-        result = await self._json("GET", "/tasks", params=params)
-        return list(result)
+        return await self._list("/tasks", filters)
 
     async def list_nodes(
         self, filters: Mapping[str, Sequence[str]] | None = None
     ) -> list[dict[str, Any]]:
         """`GET /nodes`: each node's `Status.Addr` is where its host-network tasks listen."""
-        params = {}
-        if filters:
-            params["filters"] = json.dumps({k: list(v) for k, v in filters.items()})
-        result = await self._json("GET", "/nodes", params=params)
-        return list(result)
+        return await self._list("/nodes", filters)
 
     async def top(self, container_id: str, ps_args: str | None = None) -> dict[str, Any]:
         """The processes of a container (`docker top`): used to see new worker pids."""
