@@ -56,6 +56,7 @@ from tests.lab import (
     try_http_get,
     wait_for,
 )
+from tests.private_engine import unmount_below
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -296,11 +297,8 @@ class PodmanEngine:
         self.remove_containers()
         self.stop()
         self.stop_leftovers()
-        # Podman leaves its storage bind mount (and any shm/overlay a crash left) behind:
-        # unmount what is under our root, deepest first, then remove the folder.
-        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-        for point in sorted((m for m in mounts if m.startswith(f"{self.root}/")), reverse=True):
-            subprocess.run(["umount", point], capture_output=True, check=False)
+        # Podman leaves its storage bind mount (and any shm/overlay a crash left) behind.
+        unmount_below(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def leftover_pids(self) -> list[int]:

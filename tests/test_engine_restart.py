@@ -9,7 +9,6 @@ for a long run).
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import shutil
 import signal
@@ -23,11 +22,11 @@ import pytest
 import yaml
 
 from tests.lab import BACKEND_IMAGE, free_port, wait_for
+from tests.private_engine import start_dockerd, unmount_below
 
 pytestmark = pytest.mark.engine
 
 CYCLES = int(os.environ.get("LBSYNC_RESTART_CYCLES", "3"))
-DAEMON_JSON = {"bridge": "none", "iptables": False, "ip-masq": False, "ip6tables": False}
 DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 
 
@@ -37,9 +36,6 @@ class SecondEngine:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.socket = root / "d.sock"
-        self.config = root / "daemon.json"
-        self.config.write_text(json.dumps(DAEMON_JSON))
-        self.log = root / "dockerd.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,25 +43,7 @@ class SecondEngine:
         return f"unix://{self.socket}"
 
     def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    "dockerd",
-                    "--host",
-                    self.host,
-                    "--config-file",
-                    str(self.config),
-                    "--data-root",
-                    str(self.root / "data"),
-                    "--exec-root",
-                    str(self.root / "exec"),
-                    "--pidfile",
-                    str(self.root / "dockerd.pid"),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = start_dockerd(self.root, self.host)
         wait_for(self.answers, timeout=60, interval=0.1)
 
     def answers(self) -> bool:
@@ -108,10 +86,7 @@ def second_engine(lab: object) -> Iterator[SecondEngine]:
             if ids:
                 engine.docker("rm", "-f", *ids, check=False)
         engine.stop()
-        # dockerd leaves its netns mount behind; unmount what is under our root, deepest first.
-        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-        for point in sorted((m for m in mounts if m.startswith(f"{root}/")), reverse=True):
-            subprocess.run(["umount", point], capture_output=True, check=False)
+        unmount_below(root)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -45,11 +45,11 @@ import yaml
 
 from tests.conftest import IN_CI, require_engine
 from tests.lab import BACKEND_IMAGE, NGINX_IMAGE, free_port, try_http_get, wait_for
+from tests.private_engine import start_dockerd, unmount_below
 from tests.test_image import lbsync_image
 
 pytestmark = pytest.mark.engine
 
-DAEMON_JSON = {"bridge": "none", "iptables": False, "ip-masq": False, "ip6tables": False}
 DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 ROUTE_TIMEOUT = 30.0
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -75,8 +75,6 @@ class SwarmEngine:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.socket = root / "d.sock"
-        self.config = root / "daemon.json"
-        self.config.write_text(json.dumps(DAEMON_JSON))
         self.log = root / "dockerd.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.bridge = "lbsw" + secrets.token_hex(4)  # <= 15 characters: a Linux name
@@ -87,25 +85,7 @@ class SwarmEngine:
         return f"unix://{self.socket}"
 
     def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    "dockerd",
-                    "--host",
-                    self.host,
-                    "--config-file",
-                    str(self.config),
-                    "--data-root",
-                    str(self.root / "data"),
-                    "--exec-root",
-                    str(self.root / "exec"),
-                    "--pidfile",
-                    str(self.root / "dockerd.pid"),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = start_dockerd(self.root, self.host)
         wait_for(self.answers, timeout=60, interval=0.1, message="the swarm dockerd answers")
 
     def answers(self) -> bool:
@@ -206,12 +186,7 @@ class SwarmEngine:
                 self.leave_swarm()
         finally:
             self.stop()
-            # dockerd leaves netns mounts behind; unmount what is under our root, deepest first.
-            mounts = [
-                line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
-            ]
-            for point in sorted((m for m in mounts if m.startswith(f"{self.root}/")), reverse=True):
-                subprocess.run(["umount", point], capture_output=True, check=False)
+            unmount_below(self.root)
             if Path(f"/sys/class/net/{self.bridge}").exists():
                 subprocess.run(["ip", "link", "del", self.bridge], check=False)
             shutil.rmtree(self.root, ignore_errors=True)
