@@ -38,7 +38,7 @@ from lbsync.haproxy import (
     structure_key,
 )
 from lbsync.labels import parse_services
-from lbsync.logs import setup_logging
+from lbsync.logs import current_pass, current_target, setup_logging
 from lbsync.metrics import Metrics
 from lbsync.model import Container, RoutingModel
 from lbsync.proxy import CheckFailed, ReloadFailed, check, reload
@@ -175,7 +175,9 @@ class Daemon:
     async def _pass(self, event_times: list[int]) -> None:
         self.metrics.passes.inc()
         ok = True
+        current_pass.set(self.passes_completed + 1)
         for state in self.targets:
+            current_target.set(state.config.name)
             try:
                 ok = await self._sync_target(state, event_times) and ok
             except Exception as exc:  # a bug must cost one pass, never the daemon

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
@@ -9,16 +10,42 @@ import time
 
 from lbsync.config import LogConfig
 
+#: The pass and the target a log line belongs to, set by the daemon around its work, so
+#: every line of a pass says which one without each call site repeating it.
+current_pass: contextvars.ContextVar[int | None] = contextvars.ContextVar("pass", default=None)
+current_target: contextvars.ContextVar[str | None] = contextvars.ContextVar("target", default=None)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the current pass and target onto each record (`pass_id`, `target`, `where`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        pass_id = current_pass.get()
+        target = current_target.get()
+        record.pass_id = pass_id
+        record.target = target
+        parts = []
+        if pass_id is not None:
+            parts.append(f"pass={pass_id}")
+        if target is not None:
+            parts.append(f"target={target}")
+        record.where = (" ".join(parts) + " ") if parts else ""
+        return True
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key in ("pass_id", "target"):
+            value = getattr(record, key, None)
+            if value is not None:
+                entry["pass" if key == "pass_id" else key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -26,11 +53,12 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(config: LogConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter())
     if config.format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         formatter = logging.Formatter(
-            "%(asctime)s.%(msecs)03dZ %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"
+            "%(asctime)s.%(msecs)03dZ %(levelname)s %(where)s%(message)s", "%Y-%m-%dT%H:%M:%S"
         )
         formatter.converter = time.gmtime
         handler.setFormatter(formatter)
