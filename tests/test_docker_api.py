@@ -159,7 +159,7 @@ def _stream_route(fake: FakeEngine, chunks: list[bytes], *, end: str) -> None:
             assert request.transport is not None
             request.transport.close()
         elif end == "hang":
-            await asyncio.sleep(3600)
+            await asyncio.Event().wait()  # hang until the server shuts down
         else:
             await response.write_eof()
         return response

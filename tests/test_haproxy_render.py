@@ -9,7 +9,6 @@ haproxy, HTTP backends) are shared with tests/test_haproxy_sockets.py.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -32,8 +31,9 @@ import pytest
 
 from lbsync.config import TargetConfig
 from lbsync.haproxy import Slot, SlotView, assign_slots, runtime_commands, slot_view
-from lbsync.model import ContainerRef, Host, Route, RoutingModel, Server, Upstream
+from lbsync.model import RoutingModel
 from lbsync.render import CompiledTemplate, TemplateError, load_template, render
+from tests.model_builders import host, model, srv, ups
 
 GOLDEN_DIR = Path(__file__).parent / "testdata" / "haproxy"
 UPDATE_GOLDEN = os.environ.get("LBSYNC_UPDATE_GOLDEN") == "1"
@@ -267,33 +267,6 @@ def served_by(port: int, host_header: str, path: str = "/") -> str | int:
 
 
 # --- model builders ---------------------------------------------------------------------------
-
-
-def ref(name: str) -> ContainerRef:
-    return ContainerRef(id=hashlib.sha256(name.encode()).hexdigest(), name=name)
-
-
-def srv(address: str, port: int = 8080, weight: int = 1, name: str = "app-1") -> Server:
-    return Server(address=address, port=port, weight=weight, container=ref(name))
-
-
-def ups(name: str, *servers: Server, balance: str = "round_robin") -> Upstream:
-    return Upstream(name=name, balance=balance, servers=servers)
-
-
-def host(name: str, *routes: tuple[str, Upstream]) -> Host:
-    ordered = sorted(routes, key=lambda r: (-len(r[0]), r[0]))
-    return Host(name=name, routes=tuple(Route(path=p, upstream=u) for p, u in ordered))
-
-
-def model(*hosts: Host, extra: tuple[Upstream, ...] = ()) -> RoutingModel:
-    by_name = {r.upstream.name: r.upstream for h in hosts for r in h.routes}
-    by_name.update({u.name: u for u in extra})
-    return RoutingModel(
-        hosts=tuple(sorted(hosts, key=lambda h: h.name)),
-        upstreams=tuple(by_name[n] for n in sorted(by_name)),
-        containers=(),
-    )
 
 
 def target(**overrides: Any) -> TargetConfig:

@@ -41,19 +41,16 @@ from lbsync.haproxy import (
 )
 from lbsync.model import RoutingModel, Server
 from lbsync.render import CompiledTemplate, load_template
+from tests.model_builders import host, model, srv, ups
 from tests.test_haproxy_render import (
     free_port,
     haproxy_check,
-    host,
     http_backends,
-    model,
     render_cfg,
     run_haproxy,
     runtime_target,
     served_by,
     short_socket_dir,
-    srv,
-    ups,
 )
 
 # Captured from Debian 12's HAProxy 2.6.12 (haproxy -W -db -S ...); the header line ends

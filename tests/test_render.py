@@ -6,7 +6,6 @@ errors that name the template and line, determinism and speed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,17 +27,13 @@ import pytest
 import lbsync.render
 from lbsync.config import TargetConfig
 from lbsync.model import (
-    ContainerRef,
     DiscoveredContainer,
-    Host,
-    Route,
     RoutingModel,
-    Server,
     Service,
-    Upstream,
 )
 from lbsync.quoting import UnsafeValueError
 from lbsync.render import CompiledTemplate, TemplateError, load_template, render
+from tests.model_builders import host, model, ref, srv, ups
 
 GOLDEN_DIR = Path(__file__).parent / "testdata" / "render"
 UPDATE_GOLDEN = os.environ.get("LBSYNC_UPDATE_GOLDEN") == "1"
@@ -131,32 +126,6 @@ def running(argv: list[str], log: Path, port: int) -> Iterator[subprocess.Popen[
 
 
 # --- model builders -------------------------------------------------------------------
-
-
-def ref(name: str) -> ContainerRef:
-    return ContainerRef(id=hashlib.sha256(name.encode()).hexdigest(), name=name)
-
-
-def srv(address: str, port: int = 8080, weight: int = 1, name: str = "app-1") -> Server:
-    return Server(address=address, port=port, weight=weight, container=ref(name))
-
-
-def ups(name: str, *servers: Server, balance: str = "round_robin") -> Upstream:
-    return Upstream(name=name, balance=balance, servers=servers)
-
-
-def host(name: str, *routes: tuple[str, Upstream]) -> Host:
-    ordered = sorted(routes, key=lambda r: (-len(r[0]), r[0]))
-    return Host(name=name, routes=tuple(Route(path=p, upstream=u) for p, u in ordered))
-
-
-def model(*hosts: Host, containers: tuple[DiscoveredContainer, ...] = ()) -> RoutingModel:
-    by_name = {r.upstream.name: r.upstream for h in hosts for r in h.routes}
-    return RoutingModel(
-        hosts=tuple(sorted(hosts, key=lambda h: h.name)),
-        upstreams=tuple(by_name[n] for n in sorted(by_name)),
-        containers=containers,
-    )
 
 
 def target(**overrides: Any) -> TargetConfig:

@@ -87,7 +87,7 @@ class ScriptedEngine:
                 request.transport.close()
                 return response
             if chunk == HANG:
-                await asyncio.sleep(3600)
+                await asyncio.Event().wait()  # hang until the server shuts down
             await response.write(chunk)
             await asyncio.sleep(0.01)
         await response.write_eof()
@@ -169,7 +169,7 @@ async def test_gap_is_reconciled_on_reconnect(
             assert request.transport is not None
             request.transport.close()  # the connection drops
             return response
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # hang until the server shuts down
         return response
 
     engine.fake.route("GET", "/events", events)
