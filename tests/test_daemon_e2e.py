@@ -17,15 +17,12 @@ import pytest
 
 from tests.harness import RUN_LABEL, LbsyncHarness
 from tests.lab import Lab, free_port
+from tests.scenarios import health_gates_traffic, server_line
 
 pytestmark = pytest.mark.engine
 
 #: How long after a debounced pass may start (debounce.max of the harness) plus slack.
 PAST_DEBOUNCE = 0.8
-
-
-def server_line(port: int) -> str:
-    return f"127.0.0.1:{port}"
 
 
 def file_identity(path: Path) -> tuple[int, int, int]:
@@ -70,31 +67,7 @@ def test_container_started_before_lbsync_is_routed_at_start(lab: Lab, tmp_path: 
 
 def test_healthcheck_gates_traffic(lab: Lab, tmp_path: Path) -> None:
     with LbsyncHarness(lab, tmp_path) as h:
-        # A 2 s interval (overriding the lab's 1 s) keeps it `starting` long enough to look.
-        web = h.backend("web", host="health.test", health=True, extra=["--health-interval", "2s"])
-
-        def seen_starting() -> bool:
-            skipped = h.status()["targets"][0]["skipped"]
-            return any(s["container"] == web.name and s["reason"] == "not_healthy" for s in skipped)
-
-        h.poll(seen_starting, 10, f"lbsync reports {web.name} as not healthy yet")
-        status, body = h.get("health.test")
-        assert lab.health(web.id) == "starting", "healthy before we looked: test inconclusive"
-        assert status == 503, f"a starting container got traffic: {status} {body!r}"
-        assert "backend=" not in body
-        text = h.output_text()
-        assert "server_name health.test;" in text
-        assert server_line(web.port) not in text
-
-        lab.wait_health(web.id, "healthy", timeout=10)
-        h.wait_until_routes("health.test", {web.name})
-
-        lab.set_healthy(web.id, False)
-        # The backend itself answers 503 now too ("backend=... unhealthy"): only a 503 that
-        # no backend wrote shows that lbsync took it out of nginx.
-        h.wait_until_status("health.test", 503, from_backend=False, timeout=10)
-        assert lab.health(web.id) == "unhealthy"
-        assert server_line(web.port) not in h.output_text()
+        health_gates_traffic(h, lab, "server_name health.test;")
 
 
 def test_path_routing_and_named_services(lab: Lab, tmp_path: Path) -> None:

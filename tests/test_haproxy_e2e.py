@@ -18,6 +18,7 @@ import pytest
 
 from tests.harness import REPO_ROOT, HAProxyReload, LbsyncHarness
 from tests.lab import Lab, free_port
+from tests.scenarios import health_gates_traffic, left_file, server_line
 
 pytestmark = pytest.mark.engine
 
@@ -30,16 +31,6 @@ HAPROXY_503 = "503 Service Unavailable"
 #: resolver maintenance). 0x04, "disabled in the config", stays set after `set server ...
 #: state ready` on a slot the file rendered `disabled`, but does not count (HAProxy 2.6).
 MAINT_FLAGS = 0x01 | 0x02 | 0x20
-
-
-def server_line(port: int) -> str:
-    return f"127.0.0.1:{port}"
-
-
-def left_file(h: LbsyncHarness, port: int, timeout: float = 15.0) -> None:
-    """Wait until the output file no longer has a server on ``port``."""
-    h.poll(lambda: server_line(port) not in h.output_text(), timeout,
-           f"{server_line(port)} left {h.output}")  # fmt: skip
 
 
 def haproxy(lab: Lab, tmp_path: Path, reload: HAProxyReload, **kwargs: Any) -> LbsyncHarness:
@@ -88,32 +79,7 @@ def test_backends_stop_one_then_all_then_503(
 
 def test_healthcheck_gates_traffic(lab: Lab, tmp_path: Path) -> None:
     with haproxy(lab, tmp_path, "haproxy-master") as h:
-        # A 2 s interval (overriding the lab's 1 s) keeps it `starting` long enough to look.
-        web = h.backend("web", host="health.test", health=True,
-                        extra=["--health-interval", "2s"])  # fmt: skip
-
-        def seen_starting() -> bool:
-            skipped = h.status()["targets"][0]["skipped"]
-            return any(s["container"] == web.name and s["reason"] == "not_healthy" for s in skipped)
-
-        h.poll(seen_starting, 10, f"lbsync reports {web.name} as not healthy yet")
-        status, body = h.get("health.test")
-        assert lab.health(web.id) == "starting", "healthy before we looked: test inconclusive"
-        assert status == 503, f"a starting container got traffic: {status} {body!r}"
-        assert "backend=" not in body
-        text = h.output_text()
-        assert "-- health.test" in text
-        assert server_line(web.port) not in text
-
-        lab.wait_health(web.id, "healthy", timeout=10)
-        h.wait_until_routes("health.test", {web.name})
-
-        lab.set_healthy(web.id, False)
-        # The backend itself answers 503 now too ("backend=... unhealthy"): only a 503 that
-        # no backend wrote shows that lbsync took it out of HAProxy.
-        h.wait_until_status("health.test", 503, from_backend=False, timeout=15)
-        assert lab.health(web.id) == "unhealthy"
-        left_file(h, web.port)
+        health_gates_traffic(h, lab, "-- health.test")
 
 
 def test_path_routing_through_haproxy(lab: Lab, tmp_path: Path) -> None:
@@ -205,10 +171,16 @@ def test_refused_check_keeps_the_last_good_file(lab: Lab, tmp_path: Path) -> Non
         assert h.metric(CHECK_FAILURES, target=h.target_name) == 0
 
         second = h.backend("second", host="check.test")
-        h.poll(lambda: h.metric(CHECK_FAILURES, target=h.target_name) >= 1, 10,
-               "lbsync_check_failures_total >= 1")  # fmt: skip
-        h.poll(lambda: "the proxy's check refused" in h.log_text(), 5,
-               "the refusal is logged (after the last good file is back)")  # fmt: skip
+        h.poll(
+            lambda: h.metric(CHECK_FAILURES, target=h.target_name) >= 1,
+            10,
+            "lbsync_check_failures_total >= 1",
+        )
+        h.poll(
+            lambda: "the proxy's check refused" in h.log_text(),
+            5,
+            "the refusal is logged (after the last good file is back)",
+        )
         assert h.output_bytes() == good, "the refused file must be replaced by the last good one"
         assert h.metric(RELOADS, target=h.target_name) == reloads
         assert h.worker_pids() == workers, "HAProxy must not have reloaded"
@@ -271,8 +243,11 @@ def test_runtime_moves_servers_without_a_reload(lab: Lab, tmp_path: Path) -> Non
         left_file(h, first.port)
         h.wait_until_routes("rt.test", {second.name})
 
-        h.poll(lambda: h.metric(RUNTIME_UPDATES, target=h.target_name, result="ok")
-               >= updates + 2, 10, "two runtime updates")  # fmt: skip
+        h.poll(
+            lambda: h.metric(RUNTIME_UPDATES, target=h.target_name, result="ok") >= updates + 2,
+            10,
+            "two runtime updates",
+        )
         assert h.worker_pids() == workers, "the worker must not change: no reload"
         assert h.metric(RELOADS, target=h.target_name) == reloads
         assert h.metric(RUNTIME_UPDATES, target=h.target_name, result="error") == 0

@@ -1,0 +1,49 @@
+"""Scenarios run through more than one proxy (nginx and HAProxy): written once, here."""
+
+from __future__ import annotations
+
+from tests.harness import LbsyncHarness
+from tests.lab import Lab
+
+
+def server_line(port: int) -> str:
+    return f"127.0.0.1:{port}"
+
+
+def left_file(h: LbsyncHarness, port: int, timeout: float = 15.0) -> None:
+    """Wait until the output file no longer has a server on ``port``."""
+    h.poll(
+        lambda: server_line(port) not in h.output_text(),
+        timeout,
+        f"{server_line(port)} left {h.output}",
+    )
+
+
+def health_gates_traffic(h: LbsyncHarness, lab: Lab, host_declared: str) -> None:
+    """A HEALTHCHECK backend gets no traffic while `starting`, gets it once `healthy`, and
+    loses it when `unhealthy`. `host_declared`: the text showing the host is in the file."""
+    # A 2 s interval (overriding the lab's 1 s) keeps it `starting` long enough to look.
+    web = h.backend("web", host="health.test", health=True, extra=["--health-interval", "2s"])
+
+    def seen_starting() -> bool:
+        skipped = h.status()["targets"][0]["skipped"]
+        return any(s["container"] == web.name and s["reason"] == "not_healthy" for s in skipped)
+
+    h.poll(seen_starting, 10, f"lbsync reports {web.name} as not healthy yet")
+    status, body = h.get("health.test")
+    assert lab.health(web.id) == "starting", "healthy before we looked: test inconclusive"
+    assert status == 503, f"a starting container got traffic: {status} {body!r}"
+    assert "backend=" not in body
+    text = h.output_text()
+    assert host_declared in text
+    assert server_line(web.port) not in text
+
+    lab.wait_health(web.id, "healthy", timeout=10)
+    h.wait_until_routes("health.test", {web.name})
+
+    lab.set_healthy(web.id, False)
+    # The backend itself answers 503 now too ("backend=... unhealthy"): only a 503 that no
+    # backend wrote shows that lbsync took it out of the proxy.
+    h.wait_until_status("health.test", 503, from_backend=False, timeout=15)
+    assert lab.health(web.id) == "unhealthy"
+    left_file(h, web.port)
