@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,18 @@ if TYPE_CHECKING:
     from tests.lab import Lab
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_binary(name: str, package: str) -> str:
+    """A program from apt (nginx, haproxy): skipped without it, but a failure under CI=true."""
+    found = shutil.which(name) or (
+        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
+    )
+    if found is not None:
+        return found
+    if IN_CI:
+        pytest.fail(f"CI=true but {name} is not installed (apt-get install {package})")
+    pytest.skip(f"{name} is not installed")
 
 
 def require_engine() -> None:

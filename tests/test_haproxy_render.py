@@ -33,25 +33,18 @@ from lbsync.config import TargetConfig
 from lbsync.haproxy import Slot, SlotView, assign_slots, runtime_commands, slot_view
 from lbsync.model import RoutingModel
 from lbsync.render import CompiledTemplate, TemplateError, load_template, render
+from tests.conftest import require_binary
+from tests.lab import free_port
 from tests.model_builders import host, model, srv, ups
 
 GOLDEN_DIR = Path(__file__).parent / "testdata" / "haproxy"
 UPDATE_GOLDEN = os.environ.get("LBSYNC_UPDATE_GOLDEN") == "1"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # --- haproxy helpers (shared with test_haproxy_sockets) ------------------------------------
 
 
 def require_haproxy() -> str:
-    """The haproxy binary; a skip without one, but a failure under CI=true."""
-    found = shutil.which("haproxy") or (
-        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
-    )
-    if found is not None:
-        return found
-    if IN_CI:
-        pytest.fail("CI=true but haproxy is not installed (apt-get install haproxy)")
-    pytest.skip("haproxy is not installed")
+    return require_binary("haproxy", "haproxy")
 
 
 def haproxy_check(path: Path) -> str:
@@ -80,13 +73,6 @@ def short_socket_dir() -> Iterator[Path]:
 def sock_dir() -> Iterator[Path]:
     with short_socket_dir() as path:
         yield path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:

@@ -41,9 +41,9 @@ from lbsync.haproxy import (
 )
 from lbsync.model import RoutingModel, Server
 from lbsync.render import CompiledTemplate, load_template
+from tests.lab import free_port
 from tests.model_builders import host, model, srv, ups
 from tests.test_haproxy_render import (
-    free_port,
     haproxy_check,
     http_backends,
     render_cfg,

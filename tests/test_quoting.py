@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from lbsync.quoting import NGINX_MAX_TOKEN_BYTES, UnsafeValueError, haproxy_quote, nginx_quote
-from tests.test_render import free_port, nginx_prefix_config, nginx_test, require_nginx, running
+from tests.lab import free_port
+from tests.test_render import nginx_prefix_config, nginx_test, require_nginx, running
 
 # --- table tests -------------------------------------------------------------------------
 

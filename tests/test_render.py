@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -33,25 +32,18 @@ from lbsync.model import (
 )
 from lbsync.quoting import UnsafeValueError
 from lbsync.render import CompiledTemplate, TemplateError, load_template, render
+from tests.conftest import require_binary
+from tests.lab import free_port
 from tests.model_builders import host, model, ref, srv, ups
 
 GOLDEN_DIR = Path(__file__).parent / "testdata" / "render"
 UPDATE_GOLDEN = os.environ.get("LBSYNC_UPDATE_GOLDEN") == "1"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # --- nginx -t helpers (also used by test_quoting) -----------------------------------------
 
 
 def require_nginx() -> str:
-    """The nginx binary; a skip without one, but a failure under CI=true."""
-    found = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if found is not None:
-        return found
-    if IN_CI:
-        pytest.fail("CI=true but nginx is not installed (apt-get install nginx-light)")
-    pytest.skip("nginx is not installed")
+    return require_binary("nginx", "nginx")
 
 
 def nginx_prefix_config(tmp_path: Path, include: Path, extra_main: str = "") -> Path:
@@ -91,13 +83,6 @@ def nginx_test(tmp_path: Path, include: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "[warn]" not in output and "[emerg]" not in output, output
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
