@@ -17,7 +17,7 @@ import pytest
 
 from tests.harness import RUN_LABEL, LbsyncHarness
 from tests.lab import Lab, free_port
-from tests.scenarios import health_gates_traffic, server_line
+from tests.scenarios import health_gates_traffic, hostile_labels_never_reach_the_file, server_line
 
 pytestmark = pytest.mark.engine
 
@@ -102,39 +102,8 @@ def test_path_routing_and_named_services(lab: Lab, tmp_path: Path) -> None:
 
 
 def test_hostile_labels_never_reach_the_file(lab: Lab, tmp_path: Path) -> None:
-    hostile = {
-        "semicolon": {"lbsync.host": "semi.test;evil_semicolon"},
-        "space": {"lbsync.host": "space evil_space.test"},
-        "brace": {"lbsync.host": "brace.test", "lbsync.path": "/x{"},
-        "newline": {"lbsync.host": "newline.test\nevil_newline on;"},
-    }
     with LbsyncHarness(lab, tmp_path) as h:
-        bad = {}
-        for what, labels in hostile.items():
-            port = free_port()
-            bad[what] = h.backend(what, port=port, labels={**labels, "lbsync.port": str(port)})
-        # Started last: the pass that routes it has seen every hostile container before it.
-        good = h.backend("good", host="good.test")
-        h.wait_until_routes("good.test", {good.name})
-
-        text = h.output_text()
-        for needle in ("evil", "semi.test", "space", "brace.test", "/x{", "newline.test"):
-            assert needle not in text, f"{needle!r} reached the output file:\n{text}"
-        for backend in bad.values():
-            assert server_line(backend.port) not in text
-
-        skipped = h.status()["targets"][0]["skipped"]
-        reasons = {s["container"]: s["reason"] for s in skipped}
-        for what, backend in bad.items():
-            assert reasons.get(backend.name) == "invalid_label", (what, skipped)
-
-        # One clear warning per hostile container, naming it and the label.
-        warnings = [line for line in h.log_text().splitlines() if " WARNING " in line]
-        for what, backend in bad.items():
-            named = [line for line in warnings if backend.name in line]
-            assert len(named) == 1, (what, named)
-            label = "lbsync.path" if what == "brace" else "lbsync.host"
-            assert label in named[0], (what, named[0])
+        hostile_labels_never_reach_the_file(h)
 
 
 BAD_TEMPLATE = """\

@@ -17,8 +17,13 @@ from typing import Any
 import pytest
 
 from tests.harness import REPO_ROOT, HAProxyReload, LbsyncHarness
-from tests.lab import Lab, free_port
-from tests.scenarios import health_gates_traffic, left_file, server_line
+from tests.lab import Lab
+from tests.scenarios import (
+    health_gates_traffic,
+    hostile_labels_never_reach_the_file,
+    left_file,
+    server_line,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -101,38 +106,8 @@ def test_path_routing_through_haproxy(lab: Lab, tmp_path: Path) -> None:
 
 
 def test_hostile_labels_never_reach_the_file(lab: Lab, tmp_path: Path) -> None:
-    hostile = {
-        "semicolon": {"lbsync.host": "semi.test;evil_semicolon"},
-        "space": {"lbsync.host": "space evil_space.test"},
-        "brace": {"lbsync.host": "brace.test", "lbsync.path": "/x{"},
-        "newline": {"lbsync.host": "newline.test\nevil_newline on;"},
-        "quote": {"lbsync.host": "quote.test", "lbsync.path": "/a'evil_quote"},
-        "upstream": {"lbsync.host": "up.test", "lbsync.upstream": "x\n    evil_upstream 1"},
-    }
     with haproxy(lab, tmp_path, "signal") as h:
-        bad = {}
-        for what, labels in hostile.items():
-            port = free_port()
-            bad[what] = h.backend(what, port=port, labels={**labels, "lbsync.port": str(port)})
-        # Started last: the pass that routes it has seen every hostile container before it.
-        good = h.backend("good", host="good.test")
-        h.wait_until_routes("good.test", {good.name})
-
-        text = h.output_text()
-        for needle in ("evil", "semi.test", "space", "brace.test", "/x{", "newline.test", "'a"):
-            assert needle not in text, f"{needle!r} reached the output file:\n{text}"
-        for backend in bad.values():
-            assert server_line(backend.port) not in text
-
-        skipped = h.status()["targets"][0]["skipped"]
-        reasons = {s["container"]: s["reason"] for s in skipped}
-        for what, backend in bad.items():
-            assert reasons.get(backend.name) == "invalid_label", (what, skipped)
-
-        warnings = [line for line in h.log_text().splitlines() if " WARNING " in line]
-        for what, backend in bad.items():
-            named = [line for line in warnings if backend.name in line]
-            assert len(named) == 1, (what, named)
+        hostile_labels_never_reach_the_file(h)
         assert h.metric(CHECK_FAILURES, target=h.target_name) == 0
 
 
