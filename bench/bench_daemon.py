@@ -35,8 +35,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import math
+import pstats
 import re
 import resource
 import secrets
@@ -195,8 +197,10 @@ class Fleet:
                 check=False,
             )
 
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(remove, batches))
+        # One batch at a time: this engine (20.10) once deadlocked (even /info hung) under
+        # four parallel `rm --force` batches of running containers beside other work.
+        for batch in batches:
+            remove(batch)
         self.ids.clear()
         return len(ids)
 
@@ -590,7 +594,14 @@ class Bench:
         await asyncio.sleep(2.0)
         report.idle_cpu_ms_per_s = (time.process_time() - c0) * 1000 / (time.monotonic() - w0)
 
+        profiler = cProfile.Profile() if args.profile else None
+        if profiler is not None:
+            profiler.enable()
         report.scenarios.append(await self.singles(daemon, singles, start=True))
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
         report.scenarios.append(await self.burst(daemon, burst, start=True))
         report.scenarios.append(await self.singles(daemon, singles, start=False))
         report.scenarios.append(await self.burst(daemon, burst, start=False))
@@ -956,6 +967,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--resync", default="0", help="docker.resync (default 0: off)")
     parser.add_argument("--timeout", type=float, default=300.0, help="per wait, seconds")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--profile", type=Path, help="cProfile the single starts into this file (and print it)"
+    )
     return parser.parse_args(argv)
 
 

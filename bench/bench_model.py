@@ -57,7 +57,11 @@ from lbsync.routing import ParsedEntry, build_model
 from lbsync.selection import find_proxies
 
 #: name -> (hosts, containers per host)
-SCENARIOS: dict[str, tuple[int, int]] = {"1000x10": (1000, 10), "10000x1": (10000, 1)}
+SCENARIOS: dict[str, tuple[int, int]] = {
+    "1000x10": (1000, 10),
+    "10000x1": (10000, 1),
+    "1000x1": (1000, 1),  # the daemon bench at N=1,000: one host per container
+}
 PHASES: tuple[str, ...] = (
     "registry load",
     "parse (cold)",

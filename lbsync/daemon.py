@@ -43,8 +43,8 @@ from lbsync.metrics import Metrics
 from lbsync.model import Container, RoutingModel
 from lbsync.proxy import CheckFailed, ReloadFailed, check, reload
 from lbsync.registry import Registry
-from lbsync.render import CompiledTemplate, TemplateError, load_template, render
-from lbsync.routing import NOT_HEALTHY, NOT_RUNNING, build_model
+from lbsync.render import CompiledTemplate, FragmentCache, TemplateError, load_template, render
+from lbsync.routing import NOT_HEALTHY, NOT_RUNNING, ModelBuilder
 from lbsync.selection import find_proxies, is_proxy, uses_containers
 from lbsync.watcher import Change, Watcher
 from lbsync.writer import WriteError, read_current, restore, write_atomic
@@ -107,6 +107,13 @@ class TargetState:
     slots: RuntimeSlots | None = None  # haproxy-runtime: the slots the running HAProxy has
     reloaded_with: TargetConfig | None = None  # the settings the proxy last reloaded with
     warned_skips: set[str] = field(default_factory=set)
+    # A pass costs what changed: the model is patched, unchanged blocks are not re-rendered,
+    # and an unchanged model with the same template and settings is not rendered at all.
+    builder: ModelBuilder = field(default_factory=ModelBuilder)
+    fragments: FragmentCache = field(default_factory=FragmentCache)
+    reported: RoutingModel | None = None  # the model the metrics and skip logs describe
+    rendered: tuple[object, ...] = ()  # (model, template, config, slots) of `rendered_text`
+    rendered_text: str = ""
 
 
 class Daemon:
@@ -209,25 +216,34 @@ class Daemon:
         state.waiting_for_proxy = False
 
         proxy_networks = frozenset(n.name for n in proxies[0].networks) if proxies else frozenset()
-        model = build_model(
+        model = state.builder.build(
             self.registry.entries(self.config.discovery),
             self.config.discovery,
             target,
             proxy_networks,
         )
-        self._report_model(state, model)
+        if model is not state.reported:
+            self._report_model(state, model)
+            state.reported = model
         slots = None
         if target.reload == "haproxy-runtime":
             slots = RuntimeSlots.derive(state.slots, model, target.slots)
-        try:
-            data = render(
-                state.template, model, target, slots=slots.view if slots else None
-            ).encode()
-        except TemplateError as exc:
-            log.error("target %s: %s", target.name, exc)
-            state.last_error = str(exc)
-            return False
-        self.metrics.renders.labels(target.name).inc()
+        view = slots.view if slots else None
+        inputs = (model, state.template, target, view)
+        if len(state.rendered) == len(inputs) and all(
+            a is b for a, b in zip(state.rendered, inputs, strict=True)
+        ):
+            text = state.rendered_text
+        else:
+            try:
+                text = render(state.template, model, target, slots=view, fragments=state.fragments)
+            except TemplateError as exc:
+                log.error("target %s: %s", target.name, exc)
+                state.last_error = str(exc)
+                return False
+            state.rendered, state.rendered_text = inputs, text
+            self.metrics.renders.labels(target.name).inc()
+        data = text.encode()
 
         if not state.known:
             try:
@@ -608,26 +624,32 @@ def _describe_proxy(target: TargetConfig) -> str:
 
 def _describe_change(before: RoutingModel | None, after: RoutingModel) -> str:
     """`hosts +a.test -b.test; servers +web-2 -web-1`, or what is now served on a first pass."""
-
-    def hosts(model: RoutingModel | None) -> set[str]:
-        return {h.name for h in model.hosts} if model else set()
-
-    def servers(model: RoutingModel | None) -> set[str]:
-        if model is None:
-            return set()
-        return {f"{u.name}/{s.container.name}:{s.port}" for u in model.upstreams for s in u.servers}
-
+    if before is None:
+        return f"{len(after.hosts)} hosts, {sum(len(u.servers) for u in after.upstreams)} servers"
+    old_hosts = {h.name for h in before.hosts}
+    new_hosts = {h.name for h in after.hosts}
+    # Unchanged upstreams are the same objects (ModelBuilder): only the others are compared.
+    old_upstreams = {u.name: u for u in before.upstreams}
+    old_servers: set[str] = set()
+    new_servers: set[str] = set()
+    for u in after.upstreams:
+        old = old_upstreams.pop(u.name, None)
+        if old is u:
+            continue
+        new_servers.update(f"{u.name}/{s.container.name}:{s.port}" for s in u.servers)
+        if old is not None:
+            old_servers.update(f"{old.name}/{s.container.name}:{s.port}" for s in old.servers)
+    for old in old_upstreams.values():
+        old_servers.update(f"{old.name}/{s.container.name}:{s.port}" for s in old.servers)
     parts = []
-    for label, old, new in (
-        ("hosts", hosts(before), hosts(after)),
-        ("servers", servers(before), servers(after)),
+    for label, was, now in (
+        ("hosts", old_hosts, new_hosts),
+        ("servers", old_servers, new_servers),
     ):
-        added = sorted(new - old)
-        removed = sorted(old - new)
+        added = sorted(now - was)
+        removed = sorted(was - now)
         if added or removed:
             parts.append(
                 label + " " + " ".join([f"+{x}" for x in added] + [f"-{x}" for x in removed])
             )
-    if before is None:
-        return f"{len(after.hosts)} hosts, {sum(len(u.servers) for u in after.upstreams)} servers"
     return "; ".join(parts) or "no routing change"

@@ -7,7 +7,8 @@ Both raise `TemplateError` naming the template and, where known, the line.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +24,7 @@ from lbsync.quoting import UnsafeValueError, haproxy_quote, nginx_quote
 __all__ = [
     "BUILTIN_TEMPLATES",
     "CompiledTemplate",
+    "FragmentCache",
     "TemplateError",
     "builtin_template_dirs",
     "load_template",
@@ -65,6 +67,71 @@ class CompiledTemplate:
         return self.name.startswith(BUILTIN_PREFIX)
 
 
+class FragmentCache:
+    """Text `render_each` rendered in the last render, by model object identity.
+
+    A daemon keeps one per target and template (`lbsync.routing.ModelBuilder` hands back
+    the same objects for what did not change), so a pass re-renders only what changed.
+    Only the objects of the latest render are kept: memory stays one output's worth, and
+    an object is never mistaken for a new one that reuses its id (entries hold it alive).
+    """
+
+    def __init__(self) -> None:
+        self._previous: dict[tuple[str, int], tuple[object, str]] = {}
+        self._current: dict[tuple[str, int], tuple[object, str]] = {}
+        self._made_by: tuple[object, object] | None = None  # (template, target)
+        self.hits = 0
+        self.misses = 0
+
+    def prepare(self, template: CompiledTemplate, target: TargetConfig) -> None:
+        """Forget everything when the template or the target settings are new objects."""
+        if (
+            self._made_by is None
+            or self._made_by[0] is not template
+            or self._made_by[1] is not target
+        ):
+            self._previous.clear()
+            self._current.clear()
+            self._made_by = (template, target)
+
+    def text(self, macro: jinja2.runtime.Macro, item: object) -> str:
+        key = (macro.name, id(item))
+        found = self._current.get(key) or self._previous.get(key)
+        if found is not None and found[0] is item:
+            self.hits += 1
+            text = found[1]
+        else:
+            self.misses += 1
+            text = str(macro(item))
+        self._current[key] = (item, text)
+        return text
+
+    def rotate(self) -> None:
+        """A render finished: what it used is what the next one may reuse."""
+        self._previous, self._current = self._current, {}
+
+
+# The cache of the render in progress: render_each is called from inside Jinja2.
+_fragments: ContextVar[FragmentCache | None] = ContextVar("lbsync_fragments", default=None)
+
+
+def render_each(items: Iterable[object], macro: jinja2.runtime.Macro) -> str:
+    """`{{ upstreams | render_each(upstream_block) }}`: the macro's text for each item, joined.
+
+    Same output as `{% for u in upstreams %}{{ upstream_block(u) }}{% endfor %}`; in the
+    daemon each item's text is remembered by the item's identity, so a pass after one
+    container changed renders one block, not all. The macro's text must depend only on its
+    argument and on `target`, `vars` (constant for a target) - never on other variables.
+    """
+    if not isinstance(macro, jinja2.runtime.Macro):
+        raise TypeError("render_each takes a macro defined in the template")
+    cache = _fragments.get()
+    if cache is None:
+        return "".join([str(macro(item)) for item in items])
+    text = cache.text
+    return "".join([text(macro, item) for item in items])
+
+
 def _make_environment() -> jinja2.Environment:
     env = jinja2.Environment(
         undefined=jinja2.StrictUndefined,
@@ -76,6 +143,7 @@ def _make_environment() -> jinja2.Environment:
     )
     env.filters["nginx_quote"] = nginx_quote
     env.filters["haproxy_quote"] = haproxy_quote
+    env.filters["render_each"] = render_each
     return env
 
 
@@ -156,11 +224,14 @@ def render(
     target: TargetConfig,
     *,
     slots: Mapping[str, Sequence[Any]] | None = None,
+    fragments: FragmentCache | None = None,
 ) -> str:
     """Render `model` for `target`; the text always ends with a newline.
 
     The context is SPEC §3a: `target`, `vars`, `hosts`, `upstreams`, `containers`; plus
     `slots` (upstream name -> server slots) for `reload: haproxy-runtime`.
+    `fragments`: where `render_each` keeps block texts from one render to the next (one
+    cache per target and template; see `FragmentCache`).
     """
     context: dict[str, Any] = {
         "slots": slots,
@@ -170,9 +241,16 @@ def render(
         "upstreams": model.upstreams,
         "containers": model.containers,
     }
+    if fragments is not None:
+        fragments.prepare(template, target)
+    token = _fragments.set(fragments)
     try:
         text = template.template.render(context)
     except Exception as exc:
         line = _template_line(exc.__traceback__, template.template.filename)
         raise TemplateError(template.name, line, _describe(exc)) from exc
+    finally:
+        _fragments.reset(token)
+        if fragments is not None:
+            fragments.rotate()
     return text if text.endswith("\n") else text + "\n"

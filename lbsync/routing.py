@@ -12,14 +12,17 @@ upstream of no servers (the template answers 503). Only containers that get traf
 
 from __future__ import annotations
 
+import bisect
+import functools
+import gc
 import hashlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from operator import attrgetter
 from typing import Any, NamedTuple
 
-from lbsync.config import DiscoveryConfig, TargetConfig
+from lbsync.config import DiscoveryConfig, LabelSelector, TargetConfig
 from lbsync.labels import ParsedContainer, parse_services
 from lbsync.model import (
     Container,
@@ -40,6 +43,7 @@ __all__ = [
     "NOT_PUBLISHED",
     "NOT_RUNNING",
     "NO_ADDRESS",
+    "ModelBuilder",
     "ParsedEntry",
     "build_model",
     "derived_upstream_name",
@@ -55,6 +59,7 @@ NOT_HEALTHY = "not_healthy"  # running, has a health check, not healthy, require
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
 _SLUG_MAX = 40
 _UNSPECIFIED_IPS = frozenset(("", "0.0.0.0", "::"))
+BULK_CHANGES = 64  # ModelBuilder: more changed containers than this are taken in bulk
 
 
 class ParsedEntry(NamedTuple):
@@ -221,15 +226,12 @@ def _discovered(c: Container, services: tuple[Service, ...]) -> DiscoveredContai
 
 
 # A group member: (created_ns, container id, service name, seq, service, server or None,
-# container name). Tuples compare in C (max() finds the newest); `seq` is unique, so a
+# container name). Tuples compare in C (max() finds the newest); `seq` (the service's
+# index in its container) makes (created_ns, id, service name, seq) unique, so a
 # comparison never reaches the Service.
 _Member = tuple[int, str, str, int, Service, Server | None, str]
 _server_key = attrgetter("container.name", "port", "address", "container.id")
 _GroupKey = tuple[str, str]
-
-
-_entry_name = attrgetter("container.name")  # a str key: CPython's fast path for str sorts
-_entry_name_id = attrgetter("container.name", "container.id")
 
 
 def _route_key(route: Route) -> tuple[int, str]:
@@ -244,13 +246,519 @@ def _group_label(key: _GroupKey) -> str:
     return f"{key[0]}{key[1]}"
 
 
+class _Context(NamedTuple):
+    """Everything besides the containers that a model depends on."""
+
+    select: LabelSelector | None
+    require_healthy: bool
+    published: bool
+    host_address: str
+    network_label: str
+    proxy_networks: frozenset[str]
+
+
+class _Contribution(NamedTuple):
+    """What one container adds to the model, computed once per entry and context."""
+
+    entry: ParsedEntry
+    discovered: DiscoveredContainer | None  # None: not selected or not enabled
+    skips: tuple[Skip, ...]
+    groups: tuple[tuple[_GroupKey, tuple[_Member, ...]], ...]  # its members per group
+    multi: bool  # several services: the servers of its groups need a sort by port
+
+
+class _Group(NamedTuple):
+    """A settled (host, path) group: who decides its upstream, and its servers."""
+
+    members: tuple[_Member, ...]  # in container (name, id) order
+    decider: Service
+    servers: tuple[Server, ...]
+    warning: str | None  # its containers disagree on upstream or balance
+
+
+def _contribute(entry: ParsedEntry, ctx: _Context) -> _Contribution:
+    c = entry.container
+    if ctx.select is not None and not ctx.select.matches(c.labels):
+        return _Contribution(entry, None, (), (), False)
+    parsed = entry.parsed
+    if not parsed.enabled:
+        return _Contribution(entry, None, parsed.skips, (), False)
+    services = parsed.services
+    discovered = _discovered(c, services)
+    if not services:
+        return _Contribution(entry, discovered, parsed.skips, (), False)
+    if (
+        len(services) == 1
+        and c.state == "running"
+        and not parsed.skips
+        and (c.health == "none" or c.health == "healthy" or not ctx.require_healthy)
+        and parsed.network is None
+        and not ctx.published
+        and (c.network_mode == "host" or (len(c.networks) == 1 and c.networks[0].ip))
+    ):
+        # The common case (one service, serving, one address), kept cheap: a first pass
+        # over 10,000 containers runs this 10,000 times.
+        only = services[0]
+        at = ctx.host_address if c.network_mode == "host" else c.networks[0].ip
+        one: tuple[_Member] = (
+            (
+                c.created_ns,
+                c.id,
+                only.name,
+                0,
+                only,
+                _server(at, only.port, only.weight, _ref(c.id, c.name)),
+                c.name,
+            ),
+        )
+        return _Contribution(
+            entry, discovered, (), tuple([((host, only.path), one) for host in only.hosts]), False
+        )
+
+    skips = list(parsed.skips)
+    ref: ContainerRef | None = None
+    address: str | None = None
+    if c.state != "running":
+        skips.append(
+            Skip(
+                ContainerRef(c.id, c.name),
+                NOT_RUNNING,
+                f"container {c.name} is not running (state {c.state}), so it gets no "
+                "traffic; its hosts stay and answer 503 while no other container serves them",
+            )
+        )
+    elif ctx.require_healthy and c.health != "healthy" and c.health != "none":
+        skips.append(
+            Skip(
+                ContainerRef(c.id, c.name),
+                NOT_HEALTHY,
+                f"container {c.name} is running but {c.health}, so it gets no traffic until "
+                "its health check passes (discovery.require_healthy)",
+            )
+        )
+    else:
+        ref = _ref(c.id, c.name)
+        if c.network_mode == "host":
+            address = ctx.host_address
+        elif not ctx.published:
+            nets = c.networks
+            if len(nets) == 1 and nets[0].ip and parsed.network is None:
+                address = nets[0].ip  # the common case; every rule agrees
+            else:
+                picked = _pick_network(c, parsed.network, ctx.proxy_networks, ctx.network_label)
+                if isinstance(picked, str):
+                    skips.append(Skip(ref, NO_ADDRESS, f"container {c.name}: {picked}; no traffic"))
+                    ref = None
+                else:
+                    address = picked.ip
+
+    reported_ports: set[int] = set()
+    groups: dict[_GroupKey, list[_Member]] = {}
+    for seq, service in enumerate(services):
+        server: Server | None = None
+        if ref is not None:
+            if address is not None:
+                server = _server(address, service.port, service.weight, ref)
+            else:  # published mode
+                found = _published(c, service.port, ctx.host_address)
+                if found is not None:
+                    server = _server(found[0], found[1], service.weight, ref)
+                elif service.port not in reported_ports:
+                    reported_ports.add(service.port)
+                    skips.append(
+                        Skip(
+                            ref,
+                            NOT_PUBLISHED,
+                            f"container {c.name}: port {service.port} is not published "
+                            "on the host (discovery.address is published); no traffic to it",
+                        )
+                    )
+        member: _Member = (c.created_ns, c.id, service.name, seq, service, server, c.name)
+        path = service.path
+        for host in service.hosts:
+            bucket = groups.get((host, path))
+            if bucket is None:
+                groups[(host, path)] = [member]
+            else:
+                bucket.append(member)
+    return _Contribution(
+        entry,
+        discovered,
+        tuple(skips),
+        tuple((key, tuple(members)) for key, members in groups.items()),
+        len(services) > 1,
+    )
+
+
+def _settle(key: _GroupKey, members: tuple[_Member, ...], resort: bool) -> _Group:
+    """The newest container decides upstream and balance; one server per (container, port)."""
+    if len(members) == 1:
+        only = members[0]
+        return _Group(members, only[4], () if only[5] is None else (only[5],), None)
+    newest = max(members)
+    decider = newest[4]
+    upstream = decider.upstream
+    balance = decider.balance
+    warning = None
+    for m in members:
+        other = m[4]
+        if other is not decider and (other.upstream != upstream or other.balance != balance):
+            warning = _conflict_warning(key, newest, members)
+            break
+    servers = [m[5] for m in members if m[5] is not None]
+    if resort:
+        servers.sort(key=_server_key)
+        unique: list[Server] = []
+        for server in servers:
+            last = unique[-1] if unique else None
+            if last is None or server.port != last.port or server.container != last.container:
+                unique.append(server)
+        servers = unique
+    return _Group(members, decider, tuple(servers), warning)
+
+
+@functools.lru_cache(maxsize=65536)
+def _derived_name(host: str, path: str) -> str:
+    """`derived_upstream_name`, remembered: the incremental path names groups often."""
+    return derived_upstream_name(host, path)
+
+
+class ModelBuilder:
+    """`build_model` with a memory: the next model costs what changed, not what exists.
+
+    Pure (no I/O): it keeps each container's contribution by the identity of its
+    `ParsedEntry`, so a registry that hands back the same entry for an unchanged container
+    (as `lbsync.registry` does) gets only the changed containers and their (host, path)
+    groups recomputed. Unchanged hosts and upstreams come back as the very same objects, and
+    a pass with nothing changed gets the previous `RoutingModel` itself; templates can cache
+    by identity (`render_each`). A change of discovery settings, target selector or proxy
+    networks starts from scratch. Equal to `build_model` of the same entries, always
+    (tests/test_routing_incremental.py holds both to that).
+    """
+
+    def __init__(self) -> None:
+        self._reset(None)
+
+    def _reset(self, ctx: _Context | None) -> None:
+        self._ctx = ctx
+        self._contribs: dict[str, _Contribution] = {}
+        self._members: dict[_GroupKey, dict[str, tuple[_Member, ...]]] = {}
+        self._groups: dict[_GroupKey, _Group] = {}
+        self._explicit: set[_GroupKey] = set()  # groups whose decider names its upstream
+        self._conflicts: dict[_GroupKey, str] = {}  # group -> its conflict warning
+        self._named_together = False  # the last assembly named every group at once
+        self._name_counts: dict[str, int] = {}
+        self._shared_names = 0  # container names held by more than one container
+        self._upstream_of: dict[_GroupKey, Upstream] = {}
+        self._upstreams: dict[str, Upstream] = {}
+        self._upstream_order: list[str] = []
+        self._paths: dict[str, set[str]] = {}  # host -> its group paths
+        self._hosts: dict[str, Host] = {}
+        self._host_order: list[str] = []
+        self._discovered: dict[str, DiscoveredContainer] = {}
+        self._discovered_order: list[tuple[str, str]] = []  # (name, id)
+        self._skips: dict[str, tuple[Skip, ...]] = {}
+        self._naming_warnings: list[str] = []
+        self._model: RoutingModel | None = None
+        self._bulk = False
+        self._in_order = False
+
+    def build(
+        self,
+        entries: Iterable[ParsedEntry],
+        discovery: DiscoveryConfig,
+        target: TargetConfig,
+        proxy_networks: frozenset[str],
+    ) -> RoutingModel:
+        """The model of `entries` (SPEC §2, §3a); see `build_model`."""
+        ctx = _Context(
+            target.select,
+            discovery.require_healthy,
+            discovery.address == "published",
+            discovery.host_address,
+            discovery.label_prefix + ".network",
+            proxy_networks,
+        )
+        if ctx != self._ctx:
+            self._reset(ctx)
+        fresh = {entry.container.id: entry for entry in entries}
+        contribs = self._contribs
+        changed = [
+            cid
+            for cid, entry in fresh.items()
+            if (known := contribs.get(cid)) is None or known.entry is not entry
+        ]
+        gone = [cid for cid in contribs if cid not in fresh]
+        if self._model is not None and not changed and not gone:
+            return self._model
+
+        # Many changes (a first pass): sort the orders once at the end rather than insert
+        # into them one by one, and keep the cyclic GC out of an allocation burst that
+        # builds only acyclic objects (at 10,000 containers it costs more than the work).
+        self._bulk = len(changed) + len(gone) > BULK_CHANGES
+        gc_was_enabled = gc.isenabled()
+        if self._bulk:
+            gc.disable()
+        try:
+            return self._update(fresh, changed, gone, ctx)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _update(
+        self, fresh: dict[str, ParsedEntry], changed: list[str], gone: list[str], ctx: _Context
+    ) -> RoutingModel:
+        contribs = self._contribs
+        # From empty, take the containers in (name, id) order: every group's members then
+        # arrive in the order build_model promises, and no group needs a sort of its own.
+        self._in_order = not contribs
+        if self._in_order:
+            changed.sort(key=lambda cid: (fresh[cid].container.name, cid))
+        shared_before = self._shared_names
+        affected: set[_GroupKey] = set()
+        lists_changed = False  # discovered containers or skips
+        for cid in gone:
+            lists_changed = self._drop(cid, affected) or lists_changed
+        for cid in changed:
+            if cid in contribs:
+                lists_changed = self._drop(cid, affected) or lists_changed
+            lists_changed = self._add(_contribute(fresh[cid], ctx), affected) or lists_changed
+        if self._bulk:
+            self._discovered_order = sorted((d.name, cid) for cid, d in self._discovered.items())
+
+        # Two containers of one name: build_model sorts every group's servers then.
+        resort_all = self._shared_names > 0
+        if resort_all != (shared_before > 0):
+            affected.update(self._members)
+            affected.update(self._groups)
+        for key in affected:
+            self._settle_group(key, resort_all)
+
+        if self._explicit or self._named_together:
+            self._assemble_all()
+        else:
+            self._assemble(affected)
+        return self._finish(lists_changed)
+
+    def _finish(self, lists_changed: bool) -> RoutingModel:
+        """The model, reusing the previous one's tuples (or itself) where nothing changed."""
+        previous = self._model
+        hosts = tuple(map(self._hosts.__getitem__, self._host_order))
+        upstreams = tuple(map(self._upstreams.__getitem__, self._upstream_order))
+        if previous is not None and not lists_changed:
+            discovered, skips = previous.containers, previous.skips
+        else:
+            discovered = tuple(self._discovered[cid] for _, cid in self._discovered_order)
+            skips = tuple(sorted((s for one in self._skips.values() for s in one), key=_skip_key))
+        warnings = tuple(sorted([*self._conflicts.values(), *self._naming_warnings]))
+        if previous is not None:
+            # Tuples compare item by item, and unchanged items are the same objects: cheap.
+            hosts = previous.hosts if hosts == previous.hosts else hosts
+            upstreams = previous.upstreams if upstreams == previous.upstreams else upstreams
+            discovered = previous.containers if discovered == previous.containers else discovered
+            skips = previous.skips if skips == previous.skips else skips
+            warnings = previous.warnings if warnings == previous.warnings else warnings
+            if (
+                hosts is previous.hosts
+                and upstreams is previous.upstreams
+                and discovered is previous.containers
+                and skips is previous.skips
+                and warnings is previous.warnings
+            ):
+                return previous
+        self._model = RoutingModel(hosts, upstreams, discovered, skips, warnings)
+        return self._model
+
+    # -- containers in and out --
+
+    def _add(self, contrib: _Contribution, affected: set[_GroupKey]) -> bool:
+        """Take in one container's contribution; True when discovered/skips change."""
+        c = contrib.entry.container
+        self._contribs[c.id] = contrib
+        count = self._name_counts.get(c.name, 0) + 1
+        self._name_counts[c.name] = count
+        if count == 2:
+            self._shared_names += 1
+        for key, members in contrib.groups:
+            by_container = self._members.get(key)
+            if by_container is None:
+                self._members[key] = {c.id: members}
+            else:
+                by_container[c.id] = members
+            affected.add(key)
+        if contrib.skips:
+            self._skips[c.id] = contrib.skips
+        if contrib.discovered is not None:
+            self._discovered[c.id] = contrib.discovered
+            if not self._bulk:
+                bisect.insort(self._discovered_order, (c.name, c.id))
+        return bool(contrib.skips) or contrib.discovered is not None
+
+    def _drop(self, cid: str, affected: set[_GroupKey]) -> bool:
+        """Forget one container's contribution; True when discovered/skips change."""
+        contrib = self._contribs.pop(cid)
+        name = contrib.entry.container.name
+        count = self._name_counts[name] - 1
+        if count:
+            self._name_counts[name] = count
+            if count == 1:
+                self._shared_names -= 1
+        else:
+            del self._name_counts[name]
+        for key, _ in contrib.groups:
+            by_container = self._members[key]
+            del by_container[cid]
+            if not by_container:
+                del self._members[key]
+            affected.add(key)
+        self._skips.pop(cid, None)
+        if contrib.discovered is not None:
+            del self._discovered[cid]
+            if not self._bulk:
+                order = self._discovered_order
+                del order[bisect.bisect_left(order, (name, cid))]
+        return bool(contrib.skips) or contrib.discovered is not None
+
+    def _settle_group(self, key: _GroupKey, resort_all: bool) -> None:
+        by_container = self._members.get(key)
+        if not by_container:
+            self._groups.pop(key, None)
+            self._explicit.discard(key)
+            self._conflicts.pop(key, None)
+            return
+        contribs = self._contribs
+        if len(by_container) == 1:
+            ((cid, members),) = by_container.items()
+            resort = resort_all or contribs[cid].multi
+        elif self._in_order:
+            members = tuple(m for one in by_container.values() for m in one)
+            resort = resort_all or any(contribs[cid].multi for cid in by_container)
+        else:
+            order = sorted(by_container, key=lambda cid: (contribs[cid].entry.container.name, cid))
+            members = tuple(m for cid in order for m in by_container[cid])
+            resort = resort_all or any(contribs[cid].multi for cid in order)
+        group = _settle(key, members, resort)
+        self._groups[key] = group
+        if group.warning is None:
+            self._conflicts.pop(key, None)
+        else:
+            self._conflicts[key] = group.warning
+        if group.decider.upstream is None:
+            self._explicit.discard(key)
+        else:
+            self._explicit.add(key)
+
+    # -- hosts and upstreams --
+
+    def _upstream(self, name: str, group: _Group) -> Upstream:
+        """The upstream of that name, the previous object when nothing in it changed."""
+        previous = self._upstreams.get(name)
+        if (
+            previous is not None
+            and previous.balance == group.decider.balance
+            and previous.servers == group.servers
+        ):
+            return previous
+        return Upstream(name, group.decider.balance, group.servers)
+
+    def _host(self, host: str) -> Host | None:
+        paths = self._paths.get(host)
+        if not paths:
+            return None
+        upstream_of = self._upstream_of
+        routes = [Route(path, upstream_of[(host, path)]) for path in paths]
+        if len(routes) > 1:
+            routes.sort(key=_route_key)
+        previous = self._hosts.get(host)
+        if (
+            previous is not None
+            and len(previous.routes) == len(routes)
+            and all(
+                a.path == b.path and a.upstream is b.upstream
+                for a, b in zip(previous.routes, routes, strict=True)
+            )
+        ):
+            return previous
+        return Host(host, tuple(routes))
+
+    def _assemble(self, affected: set[_GroupKey]) -> None:
+        """Only derived upstream names: each group has its own upstream; patch in place."""
+        hosts: set[str] = set()
+        for key in affected:
+            host, path = key
+            hosts.add(host)
+            name = _derived_name(host, path)
+            group = self._groups.get(key)
+            if group is None:
+                if self._upstream_of.pop(key, None) is not None:
+                    del self._upstreams[name]
+                    if not self._bulk:
+                        order = self._upstream_order
+                        del order[bisect.bisect_left(order, name)]
+                    paths = self._paths[host]
+                    paths.discard(path)
+                    if not paths:
+                        del self._paths[host]
+                continue
+            upstream = self._upstream(name, group)
+            if name not in self._upstreams:
+                if not self._bulk:
+                    bisect.insort(self._upstream_order, name)
+                self._paths.setdefault(host, set()).add(path)
+            self._upstreams[name] = upstream
+            self._upstream_of[key] = upstream
+        for host in hosts:
+            host_obj = self._host(host)
+            if host_obj is None:
+                if self._hosts.pop(host, None) is not None and not self._bulk:
+                    order = self._host_order
+                    del order[bisect.bisect_left(order, host)]
+            else:
+                if host not in self._hosts and not self._bulk:
+                    bisect.insort(self._host_order, host)
+                self._hosts[host] = host_obj
+        if self._bulk:
+            self._upstream_order = sorted(self._upstreams)
+            self._host_order = sorted(self._hosts)
+
+    def _assemble_all(self) -> None:
+        """Explicit upstream names are shared or contested across groups: name them all."""
+        keys = sorted(self._groups)
+        groups = self._groups
+        warnings: list[str] = []
+        names = _name_upstreams(
+            keys,
+            {k: list(groups[k].members) for k in keys},
+            {k: (groups[k].decider, groups[k].servers) for k in keys},
+            warnings,
+        )
+        upstreams: dict[str, Upstream] = {}
+        upstream_of: dict[_GroupKey, Upstream] = {}
+        paths: dict[str, set[str]] = {}
+        for key in keys:
+            name = names[key]
+            upstream = upstreams.get(name)
+            if upstream is None:
+                upstream = upstreams[name] = self._upstream(name, groups[key])
+            upstream_of[key] = upstream
+            paths.setdefault(key[0], set()).add(key[1])
+        self._upstreams = upstreams
+        self._upstream_order = sorted(upstreams)
+        self._upstream_of = upstream_of
+        self._paths = paths
+        self._hosts = {h: host for h in paths if (host := self._host(h)) is not None}
+        self._host_order = sorted(self._hosts)
+        self._naming_warnings = warnings
+        self._named_together = bool(self._explicit)
+
+
 def build_model(
     containers: Iterable[ParsedEntry],
     discovery: DiscoveryConfig,
     target: TargetConfig,
     proxy_networks: frozenset[str],
 ) -> RoutingModel:
-    """The routing model for one target (SPEC §2, §3a).
+    """The routing model for one target (SPEC §2, §3a), from scratch.
 
     `proxy_networks`: names of the networks the proxy container is on (empty when unknown).
     Address rules: host-network containers use `discovery.host_address` and the service
@@ -259,185 +767,13 @@ def build_model(
     the proxy (the first by name when several), else its only network with an IP.
     With `discovery.address == "published"` the published host port of the service port is
     used, on its host IP unless unspecified (`discovery.host_address` then).
+    Groups are keyed by (host, path); servers come in container-name order.
+    A daemon keeps a `ModelBuilder` instead, so a pass costs what changed.
     """
-    select = target.select
-    require_healthy = discovery.require_healthy
-    published = discovery.address == "published"
-    host_address = discovery.host_address
-    network_label = discovery.label_prefix + ".network"
-
-    # Walk the containers by name (then id): `discovered` comes out sorted and every group's
-    # members, hence its servers, come out in container-name order. Only a group holding
-    # several services of one container (or two containers of one name) still needs a
-    # sort by port; those are noted in `resort`.
-    ordered = sorted(containers, key=_entry_name)
-    same_names = len(set(map(_entry_name, ordered))) != len(ordered)
-    if same_names:
-        ordered.sort(key=_entry_name_id)
-
-    groups: dict[_GroupKey, list[_Member]] = {}
-    discovered: list[DiscoveredContainer] = []
-    skips: list[Skip] = []
-    seq = 0
-    # id(Service) -> the member lists of the groups it belongs to.
-    buckets_of: dict[int, list[list[_Member]]] = {}
-    resort: set[int] = set()  # ids of member lists to sort by (name, port, address, id)
-
-    for entry in ordered:
-        c = entry.container
-        if select is not None and not select.matches(c.labels):
-            continue
-        parsed = entry.parsed
-        if parsed.skips:
-            skips.extend(parsed.skips)
-        if not parsed.enabled:
-            continue
-        services = parsed.services
-        discovered.append(_discovered(c, services))
-        if not services:
-            continue
-
-        ref: ContainerRef | None = None
-        address: str | None = None
-        if c.state != "running":
-            skips.append(
-                Skip(
-                    ContainerRef(c.id, c.name),
-                    NOT_RUNNING,
-                    f"container {c.name} is not running (state {c.state}), so it gets no "
-                    "traffic; its hosts stay and answer 503 while no other container serves them",
-                )
-            )
-        elif require_healthy and c.health != "healthy" and c.health != "none":
-            skips.append(
-                Skip(
-                    ContainerRef(c.id, c.name),
-                    NOT_HEALTHY,
-                    f"container {c.name} is running but {c.health}, so it gets no traffic until "
-                    "its health check passes (discovery.require_healthy)",
-                )
-            )
-        else:
-            ref = _ref(c.id, c.name)
-            if c.network_mode == "host":
-                address = host_address
-            elif not published:
-                nets = c.networks
-                if len(nets) == 1 and nets[0].ip and parsed.network is None:
-                    address = nets[0].ip  # the common case; every rule agrees
-                else:
-                    picked = _pick_network(c, parsed.network, proxy_networks, network_label)
-                    if isinstance(picked, str):
-                        skips.append(
-                            Skip(ref, NO_ADDRESS, f"container {c.name}: {picked}; no traffic")
-                        )
-                        ref = None
-                    else:
-                        address = picked.ip
-
-        reported_ports: set[int] | None = None
-        multi = len(services) > 1 or same_names
-        for service in services:
-            server: Server | None = None
-            if ref is not None:
-                if address is not None:
-                    server = _server(address, service.port, service.weight, ref)
-                else:  # published mode
-                    found = _published(c, service.port, host_address)
-                    if found is not None:
-                        server = _server(found[0], found[1], service.weight, ref)
-                    elif reported_ports is None or service.port not in reported_ports:
-                        if reported_ports is None:
-                            reported_ports = set()
-                        reported_ports.add(service.port)
-                        skips.append(
-                            Skip(
-                                ref,
-                                NOT_PUBLISHED,
-                                f"container {c.name}: port {service.port} is not published "
-                                "on the host (discovery.address is published); "
-                                "no traffic to it",
-                            )
-                        )
-            seq += 1
-            member: _Member = (c.created_ns, c.id, service.name, seq, service, server, c.name)
-            # Replicas share their parsed Service objects (labels.py memoizes): look the
-            # group buckets up once per Service object, not once per container and host.
-            # The members keep each Service alive until we return, so no id is reused.
-            buckets = buckets_of.get(id(service))
-            if buckets is None:
-                buckets = buckets_of[id(service)] = []
-                path = service.path
-                for host in service.hosts:
-                    key = (host, path)
-                    bucket = groups.get(key)
-                    if bucket is None:
-                        bucket = groups[key] = []
-                    buckets.append(bucket)
-            for bucket in buckets:
-                bucket.append(member)
-            if multi:
-                resort.update(map(id, buckets))
-
-    warnings: list[str] = []
-    keys = sorted(groups)
-
-    # Per group: the newest container decides upstream and balance; servers sorted.
-    chosen: dict[_GroupKey, tuple[Service, tuple[Server, ...]]] = {}
-    for key in keys:
-        members = groups[key]
-        if len(members) == 1:
-            only = members[0]
-            chosen[key] = (only[4], () if only[5] is None else (only[5],))
-            continue
-        newest = max(members)
-        decider = newest[4]
-        upstream = decider.upstream
-        balance = decider.balance
-        for m in members:
-            other = m[4]
-            if other is not decider and (other.upstream != upstream or other.balance != balance):
-                warnings.append(_conflict_warning(key, newest, members))
-                break
-        servers = [m[5] for m in members if m[5] is not None]
-        if id(members) in resort:
-            servers.sort(key=_server_key)
-            unique: list[Server] = []
-            for server in servers:  # one server per (container, port)
-                last = unique[-1] if unique else None
-                if last is None or server.port != last.port or server.container != last.container:
-                    unique.append(server)
-            servers = unique
-        chosen[key] = (decider, tuple(servers))
-
-    names = _name_upstreams(keys, groups, chosen, warnings)
-
-    upstream_by_name: dict[str, Upstream] = {}
-    routes_by_host: dict[str, list[Route]] = {}
-    for key in keys:
-        name = names[key]
-        upstream_obj = upstream_by_name.get(name)
-        if upstream_obj is None:
-            decider, servers_t = chosen[key]
-            upstream_obj = upstream_by_name[name] = Upstream(name, decider.balance, servers_t)
-        route = Route(key[1], upstream_obj)
-        host_routes = routes_by_host.get(key[0])
-        if host_routes is None:
-            routes_by_host[key[0]] = [route]
-        else:
-            host_routes.append(route)
-
-    hosts = tuple(
-        Host(host, tuple(sorted(routes, key=_route_key)) if len(routes) > 1 else (routes[0],))
-        for host, routes in sorted(routes_by_host.items())
-    )
-    upstreams = tuple(upstream_by_name[n] for n in sorted(upstream_by_name))
-    skips.sort(key=_skip_key)
-    warnings.sort()
-    return RoutingModel(hosts, upstreams, tuple(discovered), tuple(skips), tuple(warnings))
+    return ModelBuilder().build(containers, discovery, target, proxy_networks)
 
 
-def _conflict_warning(key: _GroupKey, newest: _Member, members: list[_Member]) -> str:
+def _conflict_warning(key: _GroupKey, newest: _Member, members: Sequence[_Member]) -> str:
     decider = newest[4]
     parts: list[str] = []
     upstreams = {m[4].upstream for m in members}
