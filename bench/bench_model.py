@@ -50,10 +50,10 @@ from typing import Any
 
 import lbsync.labels
 from lbsync.config import Config, DiscoveryConfig, TargetConfig, parse_config
-from lbsync.model import Container, NetworkAttachment
+from lbsync.model import Container, NetworkAttachment, RoutingModel
 from lbsync.registry import Registry
-from lbsync.render import CompiledTemplate, load_template, render
-from lbsync.routing import ParsedEntry, build_model
+from lbsync.render import CompiledTemplate, FragmentCache, load_template, render
+from lbsync.routing import ModelBuilder, ParsedEntry
 from lbsync.selection import find_proxies
 
 #: name -> (hosts, containers per host)
@@ -161,13 +161,18 @@ def clear_parse_memo() -> None:
 
 @dataclasses.dataclass
 class Pass:
-    """The pure steps of `Daemon._sync_target`, timed one by one."""
+    """The pure steps of `Daemon._sync_target`, timed one by one, with the daemon's memory
+    between passes: its `ModelBuilder`, its `FragmentCache`, and no render for a model that
+    is the same object as the last one rendered."""
 
     registry: Registry
     discovery: DiscoveryConfig
     target: TargetConfig
     template: CompiledTemplate
     previous: bytes | None = None
+    builder: ModelBuilder = dataclasses.field(default_factory=ModelBuilder)
+    fragments: FragmentCache = dataclasses.field(default_factory=FragmentCache)
+    rendered: tuple[RoutingModel | None, str] = (None, "")
 
     def steady(self, times: dict[str, float]) -> bytes:
         t0 = time.perf_counter()
@@ -177,9 +182,9 @@ class Pass:
         t1 = time.perf_counter()
         entries = self.registry.entries(self.discovery)
         t2 = time.perf_counter()
-        model = build_model(entries, self.discovery, self.target, networks)
+        model = self.builder.build(entries, self.discovery, self.target, networks)
         t3 = time.perf_counter()
-        text = render(self.template, model, self.target)
+        text = self._render(model)
         t4 = time.perf_counter()
         data = text.encode()
         _changed = data != self.previous
@@ -193,6 +198,12 @@ class Pass:
         times["steady pass"] = t5 - t0
         return data
 
+    def _render(self, model: RoutingModel) -> str:
+        if self.rendered[0] is not model:
+            text = render(self.template, model, self.target, fragments=self.fragments)
+            self.rendered = (model, text)
+        return self.rendered[1]
+
 
 def cold_run(
     containers: list[Container],
@@ -200,21 +211,23 @@ def cold_run(
     target: TargetConfig,
     template: CompiledTemplate,
     times: dict[str, float],
-) -> tuple[Registry, bytes]:
+) -> tuple[Pass, bytes]:
     clear_parse_memo()
     t0 = time.perf_counter()
     registry = Registry()
     for container in containers:
         registry.upsert(container)
+    daemon_pass = Pass(registry, discovery, target, template)
     t1 = time.perf_counter()
     entries: list[ParsedEntry] = registry.entries(discovery)
     t2 = time.perf_counter()
-    model = build_model(entries, discovery, target, frozenset())
+    model = daemon_pass.builder.build(entries, discovery, target, frozenset())
     t3 = time.perf_counter()
-    text = render(template, model, target)
+    text = daemon_pass._render(model)
     t4 = time.perf_counter()
     data = text.encode()
     _changed = data != b""
+    daemon_pass.previous = data
     t5 = time.perf_counter()
     times["registry load"] = t1 - t0
     times["parse (cold)"] = t2 - t1
@@ -222,7 +235,7 @@ def cold_run(
     times["render"] = t4 - t3
     times["encode + compare"] = t5 - t4
     times["cold pass"] = t5 - t1
-    return registry, data
+    return daemon_pass, data
 
 
 def rss_mb() -> float:
@@ -261,9 +274,9 @@ def run_scenario(name: str, runs: int) -> dict[str, Any]:
         for run in range(runs):
             times: dict[str, float] = {}
             gc.collect()
-            registry, data = cold_run(containers, discovery, target, template, times)
+            daemon_pass, data = cold_run(containers, discovery, target, template, times)
+            registry = daemon_pass.registry
             size = len(data)
-            daemon_pass = Pass(registry, discovery, target, template, previous=data)
             del data
             gc.collect()
             daemon_pass.steady(times)

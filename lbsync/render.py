@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import is_not
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -67,48 +69,73 @@ class CompiledTemplate:
         return self.name.startswith(BUILTIN_PREFIX)
 
 
-class FragmentCache:
-    """Text `render_each` rendered in the last render, by model object identity.
+class _Site:
+    """One `render_each` call site: the items it rendered last and their texts."""
 
-    A daemon keeps one per target and template (`lbsync.routing.ModelBuilder` hands back
-    the same objects for what did not change), so a pass re-renders only what changed.
-    Only the objects of the latest render are kept: memory stays one output's worth, and
-    an object is never mistaken for a new one that reuses its id (entries hold it alive).
+    __slots__ = ("items", "joined", "texts")
+
+    def __init__(self, items: tuple[object, ...], texts: list[str]) -> None:
+        self.items = items
+        self.texts = texts
+        self.joined = "".join(texts)
+
+
+class FragmentCache:
+    """What `render_each` rendered in the last render, by model object identity.
+
+    A daemon keeps one per target (`lbsync.routing.ModelBuilder` hands back the same objects
+    for what did not change), so a pass renders only the blocks that changed. Per call site
+    (macro name and call order) it keeps the last items and texts: the same tuple again
+    costs nothing, a tuple of the same length is compared item by item in C, anything else
+    is matched by identity. Memory stays one output's worth; the items are held, so an id
+    is never mistaken for a new object's.
     """
 
     def __init__(self) -> None:
-        self._previous: dict[tuple[str, int], tuple[object, str]] = {}
-        self._current: dict[tuple[str, int], tuple[object, str]] = {}
+        self._sites: dict[tuple[str, int], _Site] = {}
+        self._calls = 0
         self._made_by: tuple[object, object] | None = None  # (template, target)
-        self.hits = 0
-        self.misses = 0
+        self.rendered = 0  # blocks rendered (misses), for tests and benches
+        self.reused = 0  # blocks whose text was reused (hits)
 
     def prepare(self, template: CompiledTemplate, target: TargetConfig) -> None:
-        """Forget everything when the template or the target settings are new objects."""
-        if (
-            self._made_by is None
-            or self._made_by[0] is not template
-            or self._made_by[1] is not target
-        ):
-            self._previous.clear()
-            self._current.clear()
+        """Start a render; forget everything when the template or settings are new objects."""
+        made_by = self._made_by
+        if made_by is None or made_by[0] is not template or made_by[1] is not target:
+            self._sites.clear()
             self._made_by = (template, target)
+        self._calls = 0
 
-    def text(self, macro: jinja2.runtime.Macro, item: object) -> str:
-        key = (macro.name, id(item))
-        found = self._current.get(key) or self._previous.get(key)
-        if found is not None and found[0] is item:
-            self.hits += 1
-            text = found[1]
-        else:
-            self.misses += 1
-            text = str(macro(item))
-        self._current[key] = (item, text)
-        return text
-
-    def rotate(self) -> None:
-        """A render finished: what it used is what the next one may reuse."""
-        self._previous, self._current = self._current, {}
+    def join(self, items: Iterable[object], macro: jinja2.runtime.Macro) -> str:
+        key = (macro.name, self._calls)
+        self._calls += 1
+        now = items if isinstance(items, tuple) else tuple(items)
+        site = self._sites.get(key)
+        if site is not None and now is site.items:
+            self.reused += len(now)
+            return site.joined
+        if site is not None and len(now) == len(site.items):
+            texts = site.texts
+            moved = list(compress(range(len(now)), map(is_not, now, site.items)))
+            for index in moved:
+                texts[index] = str(macro(now[index]))
+            self.rendered += len(moved)
+            self.reused += len(now) - len(moved)
+            site.items = now
+            site.joined = "".join(texts)
+            return site.joined
+        known = {} if site is None else dict(zip(map(id, site.items), site.texts, strict=True))
+        texts = []
+        for item in now:
+            text = known.get(id(item))
+            if text is None:
+                text = str(macro(item))
+                self.rendered += 1
+            else:
+                self.reused += 1
+            texts.append(text)
+        site = self._sites[key] = _Site(now, texts)
+        return site.joined
 
 
 # The cache of the render in progress: render_each is called from inside Jinja2.
@@ -128,8 +155,7 @@ def render_each(items: Iterable[object], macro: jinja2.runtime.Macro) -> str:
     cache = _fragments.get()
     if cache is None:
         return "".join([str(macro(item)) for item in items])
-    text = cache.text
-    return "".join([text(macro, item) for item in items])
+    return cache.join(items, macro)
 
 
 def _make_environment() -> jinja2.Environment:
@@ -251,6 +277,4 @@ def render(
         raise TemplateError(template.name, line, _describe(exc)) from exc
     finally:
         _fragments.reset(token)
-        if fragments is not None:
-            fragments.rotate()
     return text if text.endswith("\n") else text + "\n"
