@@ -4,11 +4,19 @@ A pass starts once `quiet` has passed with no new change, and never later than `
 the first change of a burst. An urgent change (a container stopped serving) starts it at once:
 draining must not wait for the quiet window. Changes that arrive during a pass lead to one
 more pass after it.
+
+Sustained churn (a deploy starting 50 replicas over several seconds, with gaps longer than
+`quiet` between some of them) would otherwise cost a reload per gap; every reload starts new
+proxy workers while the old ones drain. So a change that comes within `max` of the last pass
+doubles the quiet window for its round (never beyond `max`), and once the engine has been
+calm for `max` the window is back to `quiet`: a lone change waits `quiet`, a burst costs a
+pass about every `max`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 
 
@@ -28,6 +36,8 @@ class Debouncer:
         self._urgent = False
         self._first_at = 0.0
         self._last_at = 0.0
+        self._last_pass_at = -math.inf  # when the last pass ended
+        self.quiet_now = quiet  # this round's quiet window: `quiet`, doubled during churn
         self._event_times: list[int] = []
         self.passes = 0
 
@@ -36,6 +46,10 @@ class Debouncer:
         now = asyncio.get_running_loop().time()
         if not self._pending:
             self._first_at = now
+            if now - self._last_pass_at <= self.max_wait:
+                self.quiet_now = min(self.max_wait, max(self.quiet, self.quiet_now * 2))
+            else:
+                self.quiet_now = self.quiet
         self._pending = True
         self._last_at = now
         self._urgent = self._urgent or urgent
@@ -51,7 +65,7 @@ class Debouncer:
             if not self._pending:
                 continue
             while not self._urgent:
-                deadline = min(self._last_at + self.quiet, self._first_at + self.max_wait)
+                deadline = min(self._last_at + self.quiet_now, self._first_at + self.max_wait)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -67,4 +81,7 @@ class Debouncer:
             self._pending = False
             self._urgent = False
             self.passes += 1
-            await self._run_pass(event_times)
+            try:
+                await self._run_pass(event_times)
+            finally:
+                self._last_pass_at = loop.time()

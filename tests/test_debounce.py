@@ -99,3 +99,50 @@ async def test_change_during_a_pass_runs_one_more(recorder: Recorder) -> None:
     await asyncio.sleep(0.05)
     task.cancel()
     assert [times for _, times in recorder.passes] == [[1], [2, 3]]
+
+
+async def test_churn_after_a_pass_doubles_the_quiet_window(recorder: Recorder) -> None:
+    # Changes 0.08 s apart: longer than quiet (0.05), so each would be its own pass.
+    debouncer = Debouncer(recorder, quiet=0.05, max_wait=0.6)
+    task = await _run(debouncer)
+    for i in range(12):
+        debouncer.poke(event_time_ns=i + 1)
+        await asyncio.sleep(0.08)
+    await _wait_passes(recorder, 1)
+    await asyncio.sleep(0.7)
+    task.cancel()
+    # First round: quiet 0.05 -> a pass after the first change. Then 0.1 (still shorter
+    # than the gaps), then 0.2 and more: the rest coalesce, bounded by max.
+    assert 2 <= len(recorder.passes) <= 4, recorder.passes
+    assert sorted(t for _, times in recorder.passes for t in times) == list(range(1, 13))
+    assert debouncer.quiet_now > debouncer.quiet
+
+
+async def test_quiet_window_is_back_after_a_calm_max(recorder: Recorder) -> None:
+    debouncer = Debouncer(recorder, quiet=0.05, max_wait=0.3)
+    task = await _run(debouncer)
+    debouncer.poke()
+    await _wait_passes(recorder, 1)
+    debouncer.poke()  # within max of the pass: churn
+    assert debouncer.quiet_now == pytest.approx(0.1)
+    await _wait_passes(recorder, 2)
+    await asyncio.sleep(0.35)  # calm for longer than max
+    start = asyncio.get_running_loop().time()
+    debouncer.poke()
+    assert debouncer.quiet_now == pytest.approx(0.05)
+    await _wait_passes(recorder, 3)
+    task.cancel()
+    assert recorder.passes[2][0] - start < 0.09  # the plain quiet window again
+
+
+async def test_urgent_changes_ignore_the_doubled_window(recorder: Recorder) -> None:
+    debouncer = Debouncer(recorder, quiet=0.2, max_wait=2.0)
+    task = await _run(debouncer)
+    debouncer.poke(urgent=True)
+    await _wait_passes(recorder, 1)
+    start = asyncio.get_running_loop().time()
+    debouncer.poke(urgent=True)
+    await _wait_passes(recorder, 2)
+    task.cancel()
+    assert debouncer.quiet_now == pytest.approx(0.4)
+    assert recorder.passes[1][0] - start < 0.1

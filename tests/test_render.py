@@ -31,7 +31,13 @@ from lbsync.model import (
     Service,
 )
 from lbsync.quoting import UnsafeValueError
-from lbsync.render import CompiledTemplate, TemplateError, load_template, render
+from lbsync.render import (
+    CompiledTemplate,
+    FragmentCache,
+    TemplateError,
+    load_template,
+    render,
+)
 from tests.conftest import require_binary
 from tests.lab import free_port
 from tests.model_builders import host, model, ref, srv, ups
@@ -571,3 +577,73 @@ def test_builtin_nginx_live(tmp_path: Path) -> None:
     finally:
         app.shutdown()
         app.server_close()
+
+
+# --------------------------------------------------------------------------- render_each
+
+EACH_TEMPLATE = """\
+{% macro block(u) %}
+{{ u.name }}:{% for s in u.servers %} {{ s.address }}:{{ s.port }}{% endfor %}
+
+{% endmacro %}
+{{ upstreams | render_each(block) -}}
+--
+{% for u in upstreams %}{{ block(u) }}{% endfor %}
+"""
+
+
+def fleet_model(count: int, moved: int | None = None) -> RoutingModel:
+    upstreams = [
+        ups(f"u{i}", srv(f"127.0.0.{i + 1}", 8000 + (1 if i == moved else 0), name=f"app-{i}"))
+        for i in range(count)
+    ]
+    return model(*(host(f"h{i}.test", ("/", u)) for i, u in enumerate(upstreams)))
+
+
+def test_render_each_writes_what_a_for_loop_writes(tmp_path: Path) -> None:
+    path = tmp_path / "each.j2"
+    path.write_text(EACH_TEMPLATE, encoding="utf-8")
+    tgt = target(template=str(path))
+    text = render(load_template(tgt), fleet_model(3), tgt)
+    each_text, _, loop_text = text.partition("--\n")
+    assert each_text == loop_text
+    assert each_text.splitlines() == [
+        "u0: 127.0.0.1:8000",
+        "u1: 127.0.0.2:8000",
+        "u2: 127.0.0.3:8000",
+    ]
+
+
+def test_render_each_renders_only_the_blocks_of_new_objects() -> None:
+    tgt = target()
+    template = load_template(tgt)
+    cache = FragmentCache()
+    first = fleet_model(5)
+    assert render(template, first, tgt, fragments=cache) == render(template, first, tgt)
+    assert (cache.rendered, cache.reused) == (10, 0)  # 5 upstreams and 5 servers
+
+    # Host 2's upstream moved; the other hosts and upstreams stay the same objects.
+    changed = fleet_model(5, moved=2)
+    hosts = tuple(changed.hosts[2] if i == 2 else h for i, h in enumerate(first.hosts))
+    upstreams = tuple(changed.upstreams[2] if i == 2 else u for i, u in enumerate(first.upstreams))
+    second = RoutingModel(hosts, upstreams, ())
+    text = render(template, second, tgt, fragments=cache)
+    assert text == render(template, second, tgt)
+    assert "127.0.0.3:8001" in text
+    assert (cache.rendered, cache.reused) == (12, 8)
+
+    # The same model again reuses everything; a new target (a config reload) forgets it all.
+    render(template, second, tgt, fragments=cache)
+    assert (cache.rendered, cache.reused) == (12, 18)
+    moved_listen = target(listen="127.0.0.1:8081")
+    text = render(template, second, moved_listen, fragments=cache)
+    assert cache.rendered == 22
+    assert "listen 127.0.0.1:8081;" in text and "listen 127.0.0.1:80;" not in text
+
+
+def test_render_each_wants_a_macro(tmp_path: Path) -> None:
+    path = tmp_path / "bad.j2"
+    path.write_text("{{ upstreams | render_each('block') }}\n", encoding="utf-8")
+    tgt = target(template=str(path))
+    with pytest.raises(TemplateError, match="render_each takes a macro"):
+        render(load_template(tgt), fleet_model(1), tgt)
