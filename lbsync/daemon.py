@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import tenacity
+from prometheus_client import Counter
 
 from lbsync.config import Config, ConfigError, TargetConfig, load_config
 from lbsync.debounce import Debouncer
@@ -125,6 +126,7 @@ class Daemon:
         self.config_error: str | None = None
         self.client = client
         self.metrics = Metrics()
+        self._event_counters: dict[tuple[str, str], Counter] = {}
         self.registry = Registry()
         self.started_at = time.time()
         self.targets = [
@@ -166,7 +168,13 @@ class Daemon:
 
     def _count_event(self, event: Event) -> None:
         # The base action only: `exec_start: <command>` would make a label value per command.
-        self.metrics.events.labels(event.type, event.base_action).inc()
+        # The counter child is kept: prometheus_client's labels() takes a lock and validates
+        # on every call, and this runs for every engine event.
+        key = (event.type, event.base_action)
+        counter = self._event_counters.get(key)
+        if counter is None:
+            counter = self._event_counters[key] = self.metrics.events.labels(*key)
+        counter.inc()
 
     def _on_change(self, change: Change) -> None:
         urgent = change.urgent and self.config.debounce.drain

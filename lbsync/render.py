@@ -7,6 +7,7 @@ Both raise `TemplateError` naming the template and, where known, the line.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -158,6 +159,16 @@ def render_each(items: Iterable[object], macro: jinja2.runtime.Macro) -> str:
     return cache.join(items, macro)
 
 
+def longest(items: Iterable[object], attribute: str | None = None) -> int:
+    """`{{ hosts | longest("name") }}`: the length of the longest item (or attribute), 0 if none.
+
+    `hosts | map(attribute="name") | map("length") | max` says the same, one Jinja2 call per
+    item: at 1,000 hosts that alone was most of a pass's render.
+    """
+    values = items if attribute is None else map(operator.attrgetter(attribute), items)
+    return max(map(len, values), default=0)  # type: ignore[arg-type]
+
+
 def _make_environment() -> jinja2.Environment:
     env = jinja2.Environment(
         undefined=jinja2.StrictUndefined,
@@ -170,6 +181,7 @@ def _make_environment() -> jinja2.Environment:
     env.filters["nginx_quote"] = nginx_quote
     env.filters["haproxy_quote"] = haproxy_quote
     env.filters["render_each"] = render_each
+    env.filters["longest"] = longest
     return env
 
 
