@@ -27,6 +27,27 @@ def is_serving(container: Container | None) -> bool:
     )
 
 
+def exited(container: Container) -> Container:
+    """`container` as Docker's inspect shows it once its process has ended for good.
+
+    What an inspect right after such a `die` answers (measured on Docker 20.10), so the
+    watcher can store it without asking: stopping the health monitor leaves a checked
+    container `unhealthy`, and releasing the network clears the endpoints' addresses and the
+    port map. `exposed_ports` stays: Docker publishes only exposed ports, so the port map
+    never adds one. Not for a container a restart policy brings back (`restarting`) nor for
+    Podman, whose stopped containers look different: those are inspected.
+    """
+    return dataclasses.replace(
+        container,
+        state="exited",
+        health="none" if container.health == "none" else "unhealthy",
+        networks=tuple(
+            n if not n.ip else dataclasses.replace(n, ip="") for n in container.networks
+        ),
+        published_ports=(),
+    )
+
+
 class Registry:
     """Containers by id. Mutated only by the watcher; read by passes as a snapshot."""
 

@@ -3,8 +3,19 @@
 The list-then-watch order of kopf's `watching.py`, turned around so nothing falls between the
 two: the events stream is opened (and read in its own task, so the engine never drops us for
 stalling) before the containers are listed; events queued meanwhile are applied after the
-listing, which is harmless because applying an event means re-inspecting the one container it
-names. Every reconnect and every `docker.resync` lists again and reconciles.
+listing, which is harmless because applying an event either re-inspects the one container it
+names or, where the event says all there is to know, sets what it says (a stop, a health
+status) in order, so the last event of each kind wins. Every reconnect and every
+`docker.resync` lists again and reconciles.
+
+An inspect costs the engine and us a millisecond or more, and a `docker stop` alone sends
+five events, so events are read for what they say first (`Watcher._plan`): `kill`, `oom`,
+a `stop` after the `die`, and network events of a container that is not running change
+nothing a pass reads; Docker's `die` after a kill that cancels any restart leaves the
+container `exited` (`registry.exited`); `health_status: <status>` of a running container
+is its new health. Anything else, and any doubt (Podman, an unknown container, an event older
+than the container's current run), is inspected, and an event for a container whose inspect
+is running makes it inspected again.
 
 Swarm mode (`discovery.swarm`, on a manager): the stream also carries `service` and `node`
 events, and every full listing lists services, tasks and nodes too (`lbsync.swarm` turns them
@@ -20,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -30,7 +42,7 @@ from typing import Any
 import tenacity
 
 from lbsync.config import SwarmMode
-from lbsync.containers import ContainerParseError, container_from_inspect
+from lbsync.containers import ContainerParseError, container_from_inspect, parse_created
 from lbsync.docker_api import (
     ApiVersionTooOld,
     DockerClient,
@@ -41,7 +53,7 @@ from lbsync.docker_api import (
     StreamError,
 )
 from lbsync.model import Container
-from lbsync.registry import Registry, is_serving
+from lbsync.registry import Registry, exited, is_serving
 from lbsync.swarm import (
     SERVICE_ID_LABEL,
     TASK_ID_LABEL,
@@ -87,6 +99,10 @@ NETWORK_ACTIONS = frozenset({"connect", "disconnect"})
 TERMINATING_SIGNALS = frozenset({"TERM", "INT", "QUIT", "KILL"})
 INSPECT_CONCURRENCY = 16
 PODMAN_HEALTH_RECHECK = 0.5  # seconds after a Podman health_status event
+#: Container states only a `start` (which is inspected) or a removal leaves: a `stop` of a
+#: container in one of them changes nothing a pass reads.
+SETTLED_STATES = frozenset({"created", "exited", "dead"})
+HEALTH_STATUSES = frozenset({"healthy", "unhealthy", "starting"})
 WATCHED_TYPES: Mapping[str, Sequence[str]] = {"type": ["container", "network"]}
 SWARM_WATCHED_TYPES: Mapping[str, Sequence[str]] = {
     "type": ["container", "network", "service", "node"]
@@ -110,6 +126,21 @@ def signal_name(value: str) -> str:
         except ValueError:
             return text
     return text.removeprefix("SIG")
+
+
+def cancels_restart(event: Event, container: Container) -> bool:
+    """A Docker `kill` after which the container's `die` is final (no restart policy applies).
+
+    Docker cancels the restart policy when the signal is SIGKILL or the container's stop
+    signal (moby `killWithSignal`: `ExitOnNext`); `docker stop`, `docker kill` and `docker rm
+    -f` send those. Another signal (TERM to a container whose stop signal is QUIT) may end
+    the process and leave it `restarting`, and Podman's kill carries no signal: no.
+    """
+    raw = event.attributes.get("signal")
+    if raw is None:
+        return False
+    name = signal_name(raw)
+    return name == "KILL" or name == signal_name(container.stop_signal)
 
 
 def is_terminating_kill(event: Event, container: Container | None) -> bool:
@@ -138,6 +169,13 @@ class StreamEnd:
 
     def __init__(self, error: DockerError) -> None:
         self.error = error
+
+
+class _Inspect:
+    """`Watcher._plan`'s answer when only an inspect can tell."""
+
+
+INSPECT = _Inspect()
 
 
 class Resubscribe(DockerError):
@@ -242,6 +280,9 @@ class Watcher:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()  # an event came during its inspect: inspect again
         self._event_ns: dict[str, int] = {}  # oldest event not yet applied, per container
+        # id -> StartedAt of the run a restart-cancelling kill was sent to: its `die` is final.
+        self._final_kill: dict[str, str] = {}
+        self.inspects = 0  # container inspects asked of the engine (listings included)
         self._inspect_slots = asyncio.Semaphore(INSPECT_CONCURRENCY)
         self._needs_relist = False
 
@@ -364,6 +405,8 @@ class Watcher:
             containers += [c for group in members.values() for c in group]
         before = {c.id: is_serving(c) for c in self.registry.containers()}
         changed = self.registry.replace_all(containers)
+        for gone in set(self._final_kill) - {c.id for c in containers}:
+            del self._final_kill[gone]
         self._swarm_members = {sid: frozenset(c.id for c in g) for sid, g in members.items()}
         if self.swarm_active:
             log.debug(
@@ -394,6 +437,7 @@ class Watcher:
 
     async def _inspect(self, container_id: str) -> Container | None:
         """The container now, or None when it is gone (removed since the event)."""
+        self.inspects += 1
         try:
             data = await self.client.inspect_container(container_id)
         except NotFound:
@@ -656,46 +700,105 @@ class Watcher:
         return any(c is not None and self.matters(c) for c in containers)
 
     def _apply_containers(self, touched: dict[str, list[Event]]) -> None:
-        """The container part of a batch: stop marks, removals, one inspect per container."""
+        """The container part of a batch: stop marks, removals, then per container what its
+        events say (`_plan`) or one inspect."""
         oldest = min(e.time_nano for group in touched.values() for e in group) or None
 
         # Stop marks first and at once: the removal pass must not wait for anything.
         stopped_now = False
         for container_id, group in touched.items():
             current = self.registry.raw(container_id)
-            if any(
-                e.type == "container"
-                and e.base_action == "kill"
-                and is_terminating_kill(e, current)
-                for e in group
-            ):
+            kills = [e for e in group if e.type == "container" and e.base_action == "kill"]
+            if any(is_terminating_kill(e, current) for e in kills):
                 marked = self.registry.mark_stopping(container_id)
                 stopped_now = stopped_now or (marked and self._concerns(current))
+            if current is not None and any(
+                cancels_restart(e, current) and not self._predates_run(e, current) for e in kills
+            ):
+                self._final_kill[container_id] = current.started_at
         if stopped_now:
             self.on_change(Change(urgent=True, event_time_ns=oldest, reason="stopping"))
 
         removed_now = False
         for container_id, group in touched.items():
             last = group[-1]
-            times = [e.time_nano for e in group if e.time_nano]
-            if times:
-                first = min(times)
-                self._event_ns[container_id] = min(self._event_ns.get(container_id, first), first)
             removal = last.type == "container" and last.base_action in REMOVED_ACTIONS
             if removal and container_id not in self._inflight:
                 before = self.registry.raw(container_id)
                 if self.registry.remove(container_id) and self._concerns(before):
                     removed_now = True
                 self._event_ns.pop(container_id, None)
+                self._final_kill.pop(container_id, None)
                 continue
-            self._schedule_inspect(container_id)
             if any("HealthStatus" in e.raw for e in group):
                 # Podman sends health_status before it stores the new status: look again.
                 asyncio.get_running_loop().call_later(
                     PODMAN_HEALTH_RECHECK, self._schedule_inspect, container_id
                 )
+            # While an inspect runs the registry is behind the engine: nothing can be derived
+            # from it, and the inspect is repeated once it is done.
+            plan = INSPECT if container_id in self._inflight else self._plan(container_id, group)
+            if plan is None:
+                continue  # nothing a pass reads changed: no inspect, no event time to carry
+            times = [e.time_nano for e in group if e.time_nano]
+            if times:
+                first = min(times)
+                self._event_ns[container_id] = min(self._event_ns.get(container_id, first), first)
+            if isinstance(plan, _Inspect):
+                self._schedule_inspect(container_id)
+            else:
+                # The same path as an inspect's answer: urgency, `matters`, event time.
+                self._apply_inspected(container_id, plan)
         if removed_now:
             self.on_change(Change(urgent=False, event_time_ns=oldest, reason="removed"))
+
+    def _plan(self, container_id: str, group: Sequence[Event]) -> Container | _Inspect | None:
+        """What a batch's events make of a container no inspect is running for.
+
+        The container to store when the events say exactly what an inspect would answer,
+        None when nothing a pass reads changed, `INSPECT` when only an inspect can tell.
+        The events are applied in order, so the last health status or stop wins.
+        """
+        current = self.registry.raw(container_id)
+        view = current
+        for event in group:
+            if event.type == "network":
+                # Only a running container's addresses reach the model, and every way back
+                # to running (start, unpause) is an event that is inspected. An unknown
+                # container is not running either: its `create` or `start` is inspected.
+                # A live connect or disconnect moves a running container's addresses.
+                if view is not None and view.state == "running":
+                    return INSPECT
+                continue
+            action = event.base_action
+            if action in ("kill", "oom"):
+                continue  # the process may live on; if it ends, its `die` says so
+            if view is None:
+                # Stopped containers are discovered too (hosts answering 503): what to list
+                # of one nobody has inspected yet only an inspect can tell.
+                return INSPECT
+            if action == "stop" and view.state in SETTLED_STATES:
+                continue  # Docker says `stop` after the `die` that was applied already
+            if self._predates_run(event, view):
+                return INSPECT  # about an earlier run (replayed after a reconnect)
+            if action == "die" and self._final_kill.get(container_id) == view.started_at:
+                view = exited(view)
+                continue
+            if action == "health_status" and view.state == "running":
+                status = event.action.partition(":")[2].strip()
+                # Podman's bare `health_status` (the status one probe late, in `HealthStatus`)
+                # is inspected; Docker's names the status it has just stored.
+                if status in HEALTH_STATUSES and "HealthStatus" not in event.raw:
+                    view = dataclasses.replace(view, health=status)
+                    continue
+            return INSPECT
+        return None if view is current else view
+
+    @staticmethod
+    def _predates_run(event: Event, container: Container) -> bool:
+        """Is the event older than the container's current run, or is that unknown?"""
+        started = parse_created(container.started_at)
+        return not event.time_nano or not started or event.time_nano < started
 
     def _schedule_inspect(self, container_id: str) -> None:
         if container_id in self._inflight:
@@ -723,6 +826,14 @@ class Watcher:
             self._inflight.pop(container_id, None)
 
     def _apply_inspected(self, container_id: str, container: Container | None) -> None:
+        """Store a container as the engine has it now (inspected, or derived from events)."""
+        final_run = self._final_kill.get(container_id)
+        if final_run is not None and (
+            container is None
+            or container.started_at != final_run
+            or container.state in SETTLED_STATES
+        ):
+            del self._final_kill[container_id]  # that run has ended (or is not this one)
         before = self.registry.raw(container_id)
         was_serving = is_serving(self.registry.get(container_id))
         if container is None:
