@@ -336,11 +336,10 @@ def profile(name: str) -> str:
         gc.collect()
         profiler = cProfile.Profile()
         profiler.enable()
-        registry, data = cold_run(containers, config.discovery, target, template, {})
+        daemon_pass, _ = cold_run(containers, config.discovery, target, template, {})
         profiler.disable()
         report("cold pass", profiler)
 
-        daemon_pass = Pass(registry, config.discovery, target, template, data)
         daemon_pass.steady({})  # warm
         gc.collect()
         profiler = cProfile.Profile()

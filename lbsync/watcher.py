@@ -709,7 +709,13 @@ class Watcher:
         for container_id, group in touched.items():
             current = self.registry.raw(container_id)
             kills = [e for e in group if e.type == "container" and e.base_action == "kill"]
-            if any(is_terminating_kill(e, current) for e in kills):
+            # A kill replayed from an earlier run (since= after a reconnect) must not take
+            # the current run out of the pool.
+            started = parse_created(current.started_at) if current is not None else 0
+            if any(
+                is_terminating_kill(e, current) and not (started and 0 < e.time_nano < started)
+                for e in kills
+            ):
                 marked = self.registry.mark_stopping(container_id)
                 stopped_now = stopped_now or (marked and self._concerns(current))
             if current is not None and any(

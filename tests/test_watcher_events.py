@@ -255,13 +255,13 @@ CASES = [
         urgent=(True,),
     ),
     Case(
-        "a die of an earlier run (replayed after a reconnect) is inspected, not applied",
+        "a kill and die of an earlier run (replayed after a reconnect): inspected, no stop mark",
         known=inspect_json("running"),
         engine=inspect_json("running"),
         batches=[[kill(-2000, "9"), event("die", -1990)]],
         inspects=1,
         state="running",
-        urgent=(True,),  # the replayed kill's stop mark, as before
+        urgent=(),  # the current run stays in the pool
     ),
     Case(
         "die of a container the registry does not know: inspected (it is discovered)",
@@ -416,6 +416,9 @@ async def test_events(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
             assert case.engine is not None
             assert stored == container_from_inspect(case.engine)
     assert tuple(c.urgent for c in s.changes) == case.urgent
+    if case.state == "running" and not case.urgent:
+        shown = s.registry.get(CID)
+        assert shown is not None and shown.state == "running"  # no stop mark either
     if case.state != "running":
         assert s.watcher._final_kill == {}  # nothing kept for a run that is over
 
