@@ -8,9 +8,9 @@ more pass after it.
 Sustained churn (a deploy starting 50 replicas over several seconds, with gaps longer than
 `quiet` between some of them) would otherwise cost a reload per gap; every reload starts new
 proxy workers while the old ones drain. So a change that comes within `max` of the last pass
-doubles the quiet window for its round (never beyond `max`), and once the engine has been
-calm for `max` the window is back to `quiet`: a lone change waits `quiet`, a burst costs a
-pass about every `max`.
+doubles the quiet window for its round, and so does each change of a round after its second
+(never beyond `max`); once the engine has been calm for `max` the window is back to `quiet`.
+A lone `docker run` (two changes) waits `quiet`; a burst costs a pass about every `max`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
+
+BURST_CHANGES = 2  # changes one round takes at `quiet` before it counts as a burst
 
 
 class Debouncer:
@@ -38,6 +40,7 @@ class Debouncer:
         self._last_at = 0.0
         self._last_pass_at = -math.inf  # when the last pass ended
         self.quiet_now = quiet  # this round's quiet window: `quiet`, doubled during churn
+        self._round_changes = 0  # changes in the round waiting for its pass
         self._event_times: list[int] = []
         self.passes = 0
 
@@ -46,10 +49,16 @@ class Debouncer:
         now = asyncio.get_running_loop().time()
         if not self._pending:
             self._first_at = now
+            self._round_changes = 0
             if now - self._last_pass_at <= self.max_wait:
                 self.quiet_now = min(self.max_wait, max(self.quiet, self.quiet_now * 2))
             else:
                 self.quiet_now = self.quiet
+        self._round_changes += 1
+        if self._round_changes > BURST_CHANGES:
+            # A burst inside one round: `docker run` is two changes (create, start), so from
+            # the third on each change doubles the window, never beyond `max`.
+            self.quiet_now = min(self.max_wait, self.quiet_now * 2)
         self._pending = True
         self._last_at = now
         self._urgent = self._urgent or urgent

@@ -146,3 +146,31 @@ async def test_urgent_changes_ignore_the_doubled_window(recorder: Recorder) -> N
     task.cancel()
     assert debouncer.quiet_now == pytest.approx(0.4)
     assert recorder.passes[1][0] - start < 0.1
+
+
+async def test_a_burst_inside_one_round_widens_its_window(recorder: Recorder) -> None:
+    debouncer = Debouncer(recorder, quiet=0.05, max_wait=1.0)
+    task = await _run(debouncer)
+    for i in range(4):  # a burst: from the third change on, each doubles the window
+        debouncer.poke(event_time_ns=i + 1)
+        await asyncio.sleep(0.005)
+    assert debouncer.quiet_now == pytest.approx(0.2)
+    await asyncio.sleep(0.1)  # longer than quiet, shorter than the widened window
+    debouncer.poke(event_time_ns=5)
+    await _wait_passes(recorder, 1)
+    await asyncio.sleep(0.3)
+    task.cancel()
+    assert [times for _, times in recorder.passes] == [[1, 2, 3, 4, 5]]
+
+
+async def test_two_changes_still_wait_only_quiet(recorder: Recorder) -> None:
+    # `docker run` is two changes (create, start): no burst, the plain window.
+    debouncer = Debouncer(recorder, quiet=0.1, max_wait=1.0)
+    task = await _run(debouncer)
+    debouncer.poke()
+    debouncer.poke()
+    last = asyncio.get_running_loop().time()
+    await _wait_passes(recorder, 1)
+    task.cancel()
+    assert debouncer.quiet_now == pytest.approx(0.1)
+    assert recorder.passes[0][0] - last < 0.18

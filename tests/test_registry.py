@@ -125,6 +125,25 @@ def test_entries_parse_once_per_label_change() -> None:
     assert third.parsed.services[0].hosts == ("b.test",)
 
 
+def test_entries_keep_the_objects_of_unchanged_containers() -> None:
+    registry = Registry()
+    for i in range(3):
+        registry.upsert(make(cid=str(i) * 64, name=f"web-{i}"))
+    discovery = DiscoveryConfig()
+    first = {e.container.id: e for e in registry.entries(discovery)}
+    registry.upsert(make(cid="1" * 64, name="web-1", health="healthy"))
+    registry.mark_stopping("2" * 64)
+    second = {e.container.id: e for e in registry.entries(discovery)}
+    assert second["0" * 64] is first["0" * 64]  # untouched: the very same entry
+    assert second["1" * 64].container.health == "healthy"
+    assert second["2" * 64].container.state == STOPPING
+    assert registry.entries(discovery)[2] is second["2" * 64]  # a stopping view is kept too
+    registry.remove("0" * 64)
+    assert sorted(e.container.name for e in registry.entries(discovery)) == ["web-1", "web-2"]
+    other = dataclasses.replace(discovery, label_prefix="other")
+    assert all(not e.parsed.enabled for e in registry.entries(other))  # a new config: all
+
+
 @pytest.mark.parametrize(
     ("event", "expected"),
     [
