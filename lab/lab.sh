@@ -53,7 +53,9 @@ DAEMON_JSON=/etc/docker/daemon.json
 DAEMON_JSON_CONTENT='{"bridge":"none","iptables":false,"ip-masq":false,"ip6tables":false}'
 PACKAGES=(docker.io cgroupfs-mount busybox-static nginx haproxy podman)
 BUSYBOX=/bin/busybox
-ENGINE_WAIT=30
+# An engine restarted over many dead containers (say, a wedged 1,000-container bench)
+# cleans them up for over a minute before it answers.
+ENGINE_WAIT=120
 
 BACKEND_IMAGE=lbsync-lab/backend:latest
 NGINX_IMAGE=lbsync-lab/nginx:latest
