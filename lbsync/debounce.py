@@ -39,6 +39,7 @@ class Debouncer:
         self._first_at = 0.0
         self._last_at = 0.0
         self._last_pass_at = -math.inf  # when the last pass ended
+        self._in_pass = False
         self.quiet_now = quiet  # this round's quiet window: `quiet`, doubled during churn
         self._round_changes = 0  # changes in the round waiting for its pass
         self._event_times: list[int] = []
@@ -50,7 +51,7 @@ class Debouncer:
         if not self._pending:
             self._first_at = now
             self._round_changes = 0
-            if now - self._last_pass_at <= self.max_wait:
+            if self._in_pass or now - self._last_pass_at <= self.max_wait:
                 self.quiet_now = min(self.max_wait, max(self.quiet, self.quiet_now * 2))
             else:
                 self.quiet_now = self.quiet
@@ -90,7 +91,9 @@ class Debouncer:
             self._pending = False
             self._urgent = False
             self.passes += 1
+            self._in_pass = True  # changes during a pass are churn after it
             try:
                 await self._run_pass(event_times)
             finally:
+                self._in_pass = False
                 self._last_pass_at = loop.time()

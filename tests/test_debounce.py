@@ -174,3 +174,17 @@ async def test_two_changes_still_wait_only_quiet(recorder: Recorder) -> None:
     task.cancel()
     assert debouncer.quiet_now == pytest.approx(0.1)
     assert recorder.passes[0][0] - last < 0.18
+
+
+async def test_changes_during_a_pass_count_as_churn(recorder: Recorder) -> None:
+    recorder.hold.clear()  # the first pass runs until released
+    debouncer = Debouncer(recorder, quiet=0.05, max_wait=0.5)
+    task = await _run(debouncer)
+    debouncer.poke()
+    await _wait_passes(recorder, 1)
+    await asyncio.sleep(0.6)  # a long pass: longer than max
+    debouncer.poke()  # during the pass
+    assert debouncer.quiet_now == pytest.approx(0.1)
+    recorder.hold.set()
+    await _wait_passes(recorder, 2)
+    task.cancel()
