@@ -1,0 +1,495 @@
+"""The memory of the real `lbsync run` process at N running containers, against the lab engine.
+
+    python -m bench.bench_rss [--n 1000] [--singles 10] [--resync 10] [--json FILE]
+
+`bench.bench_daemon` runs the daemon inside the bench process, so its RSS includes the bench.
+This one starts `python -m lbsync run -c FILE` from this checkout as a subprocess and reads
+that process's own figures from /proc/<pid>/status (VmHWM: the peak since it started;
+VmRSS, RssAnon, RssFile: now) and /proc/<pid>/smaps (the resident part of the heap, of the
+other anonymous mappings: pymalloc arenas, glibc's per-thread malloc arenas, thread stacks;
+and of the files mapped: libpython, libcrypto, the extension modules), at these stages:
+
+1. `N=0`: lbsync started before any backend; its first pass wrote a file without servers.
+2. `N=<n>`: `--n` labelled backends started (`docker run -d`, 16 at a time, as
+   `bench.bench_daemon` does), the file holds all of them, `/healthz` answers 200, and then
+   `--resync` * 1.5 seconds more, so at least one full re-list at N is in the peak (the
+   daemon re-lists and re-inspects every container every `docker.resync`).
+3. `steady`: `--singles` extra containers started and stopped one at a time, each waited for
+   in the file.
+4. `cold start`: a second lbsync process started at N (its first listing inspects every
+   container at once), measured when its file holds all N.
+
+The config is a YAML file: `check: none`, `reload: command` with `["true"]`, the output in
+a temp dir, `select` on this run's label (other containers on the engine are not routed, but
+lbsync keeps every container of the engine in its registry: the table says how many the
+engine had), `server.listen` on a free 127.0.0.1 port, `log.level: warning`. `--daemon-env
+KEY=VALUE` (repeatable) sets an environment variable for the lbsync processes, e.g.
+`MALLOC_ARENA_MAX=2`; `--env-vars K` gives every backend K more environment variables of
+about 60 bytes each (containers in the wild carry dozens; lbsync reads three).
+
+Every container carries `lbsync-test=1` and `lbsync-run=<run id>` and is removed by id at
+the end, also on Ctrl-C or SIGTERM; the lbsync processes are stopped by pid (SIGTERM).
+Target from the issue: RSS <= 40 MB at 1,000 running containers. Figures only: nothing is
+asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.bench_daemon import (
+    RUN_LABEL,
+    SERVER_RE,
+    TARGET_RSS_MB,
+    Backend,
+    BenchError,
+    Fleet,
+    docker,
+    free_ports,
+    interruptible,
+    uninterrupted,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+POLL = 0.1  # seconds between looks at the output file
+STOP_GRACE = 30.0  # seconds lbsync gets to exit after SIGTERM
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+@dataclass
+class Sample:
+    """One look at a process's memory, in KiB (from /proc)."""
+
+    stage: str
+    engine_containers: int  # every container of the engine: lbsync keeps all of them
+    hwm: int  # VmHWM: peak resident set since the process started
+    rss: int  # VmRSS
+    anon: int  # RssAnon
+    file: int  # RssFile (+ RssShmem)
+    heap: int  # resident part of [heap] (brk: the main thread's malloc arena)
+    other_anon: int  # the other anonymous mappings: pymalloc, thread arenas and stacks
+    threads: int
+    seconds: float  # since lbsync started
+    files: dict[str, int] = field(default_factory=dict)  # the biggest file mappings
+
+
+def read_status(pid: int) -> dict[str, int]:
+    fields: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        words = value.split()
+        if words and words[0].isdigit():
+            fields[key] = int(words[0])
+    return fields
+
+
+def read_smaps(pid: int) -> tuple[int, int, dict[str, int]]:
+    """Resident KiB of [heap], of the other anonymous mappings, and per mapped file."""
+    heap = anon = 0
+    files: dict[str, int] = {}
+    name = ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if not words[0].endswith(":"):  # a mapping's header: address perms offset dev inode path
+            name = words[5] if len(words) > 5 else ""
+        elif words[0] == "Rss:":
+            kib = int(words[1])
+            if name == "[heap]":
+                heap += kib
+            elif name == "" or name.startswith("[stack"):
+                anon += kib
+            elif name.startswith("/"):
+                files[name] = files.get(name, 0) + kib
+    return heap, anon, files
+
+
+def sample(pid: int, stage: str, started: float) -> Sample:
+    status = read_status(pid)
+    heap, other, files = read_smaps(pid)
+    biggest = dict(sorted(files.items(), key=lambda kv: -kv[1])[:6])
+    return Sample(
+        stage=stage,
+        engine_containers=len(docker("ps", "-aq").split()),
+        hwm=status["VmHWM"],
+        rss=status["VmRSS"],
+        anon=status.get("RssAnon", 0),
+        file=status.get("RssFile", 0) + status.get("RssShmem", 0),
+        heap=heap,
+        other_anon=other,
+        threads=status.get("Threads", 0),
+        seconds=time.monotonic() - started,
+        files=biggest,
+    )
+
+
+# --------------------------------------------------------------------------- lbsync
+
+
+class RssFleet(Fleet):
+    """`Fleet`, whose backends also carry `env_vars` unused environment variables."""
+
+    def __init__(self, run_id: str, env_vars: int) -> None:
+        super().__init__(run_id)
+        self.env_vars = env_vars
+
+    def labels(self) -> list[str]:
+        # Spliced into every `docker run`/`docker create` of the fleet, after the name.
+        extra: list[str] = []
+        for i in range(self.env_vars):
+            extra += ["--env", f"BENCH_SETTING_{i:02d}=value-{i:02d}-{self.run_id}-{'x' * 24}"]
+        return super().labels() + extra
+
+
+@dataclass
+class Lbsync:
+    """One `python -m lbsync run` subprocess and the files it works with."""
+
+    proc: subprocess.Popen[bytes]
+    output: Path
+    health_url: str
+    stderr: Path
+    started: float
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def servers(self) -> frozenset[int]:
+        """Ports of the servers in the file lbsync wrote last (empty before its first)."""
+        try:
+            data = self.output.read_bytes()
+        except FileNotFoundError:
+            return frozenset()
+        return frozenset(int(p) for p in SERVER_RE.findall(data))
+
+    def written(self) -> bool:
+        return self.output.exists()
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise BenchError(f"lbsync (pid {self.pid}) exited {self.proc.returncode}: "
+                             f"{self.stderr_tail()}")  # fmt: skip
+
+    def stderr_tail(self) -> str:
+        try:
+            return self.stderr.read_text(errors="replace")[-2000:].strip() or "(no output)"
+        except OSError:
+            return "(no output)"
+
+    def stop(self) -> None:
+        """SIGTERM by pid, then SIGKILL if it is still there after the grace time."""
+        if self.proc.poll() is not None:
+            return
+        os.kill(self.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            os.kill(self.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def write_config(
+    path: Path, run_id: str, output: Path, listen: int, server_port: int, resync: float
+) -> None:
+    config = {
+        "docker": {"resync": f"{resync:g}s"},
+        "targets": [
+            {
+                "name": "bench",
+                "template": "builtin:nginx",
+                "output": str(output),
+                "listen": f"127.0.0.1:{listen}",
+                "select": {"label": f"{RUN_LABEL}={run_id}"},
+                "check": "none",
+                "reload": "command",
+                "reload_command": ["true"],
+            }
+        ],
+        "server": {"listen": f"127.0.0.1:{server_port}"},
+        "log": {"level": "warning"},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def start_lbsync(
+    tmp: Path, name: str, run_id: str, ports: tuple[int, int], args: argparse.Namespace
+) -> Lbsync:
+    listen, server_port = ports
+    config = tmp / f"{name}.yaml"
+    output = tmp / name / "lbsync.conf"
+    output.parent.mkdir()
+    write_config(config, run_id, output, listen, server_port, args.resync)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    for item in args.daemon_env:
+        key, _, value = item.partition("=")
+        env[key] = value
+    stderr = tmp / f"{name}.stderr"
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lbsync", "run", "-c", str(config)],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+        )
+    return Lbsync(proc, output, f"http://127.0.0.1:{server_port}/healthz", stderr, time.monotonic())
+
+
+def wait_until(lbsync: Lbsync, condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        lbsync.alive()
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(POLL)
+
+
+def holds(ports: frozenset[int], lbsync: Lbsync) -> Callable[[], bool]:
+    return lambda: ports <= lbsync.servers()
+
+
+def lacks(ports: frozenset[int], lbsync: Lbsync) -> Callable[[], bool]:
+    return lambda: not (ports & lbsync.servers())
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+@dataclass
+class Report:
+    n: int
+    singles: int
+    resync: float
+    env_vars: int
+    daemon_env: list[str]
+    python: str
+    samples: list[Sample] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def running_backends(fleet: Fleet, backends: list[Backend], report: Report) -> list[Backend]:
+    """The backends that are running (a few may have died of a port taken meanwhile)."""
+    up = set(docker("ps", "-q", "--no-trunc", "--filter", f"label={RUN_LABEL}={fleet.run_id}",
+                    "--filter", "status=running").split())  # fmt: skip
+    dead = [b for b in backends if b.cid not in up]
+    if dead:
+        report.notes.append(
+            f"{len(dead)} of {len(backends)} backends were not running after setup "
+            f"(e.g. {dead[0].name}); measured without them"
+        )
+    return [b for b in backends if b.cid in up]
+
+
+def run(args: argparse.Namespace, fleet: RssFleet, tmp: Path, report: Report) -> None:
+    daemons: list[Lbsync] = []
+    try:
+        ports = free_ports(args.n + args.singles + 4)
+        main = start_lbsync(tmp, "lbsync", fleet.run_id, (ports[-4], ports[-3]), args)
+        daemons.append(main)
+        print(f"lbsync pid {main.pid}; waiting for its first pass ...", file=sys.stderr)
+        wait_until(main, main.written, args.timeout, "the first file written")
+        wait_until(main, main.healthy, args.timeout, "/healthz to answer 200")
+        time.sleep(args.settle)
+        report.samples.append(sample(main.pid, "N=0", main.started))
+
+        print(f"starting {args.n} backends ...", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
+        backends = running_backends(fleet, fleet.backends("run", "r", ports[: args.n]), report)
+        extra = fleet.backends("create", "x", ports[args.n : args.n + args.singles])
+        print(f"{len(fleet.ids)} containers in {time.monotonic() - t0:.0f} s; waiting for "
+              "lbsync ...", file=sys.stderr, flush=True)  # fmt: skip
+        expected = frozenset(b.port for b in backends)
+        wait_until(main, holds(expected, main), args.timeout, f"all {len(expected)} servers")
+        wait_until(main, main.healthy, args.timeout, "/healthz to answer 200")
+        time.sleep(args.settle + 1.5 * args.resync)  # at least one full re-list at N
+        report.samples.append(sample(main.pid, f"N={len(expected)}", main.started))
+
+        print(f"{args.singles} single starts and stops ...", file=sys.stderr, flush=True)
+        for backend in extra:
+            one = frozenset({backend.port})
+            docker("start", backend.cid)
+            wait_until(main, holds(one, main), args.timeout, f"{backend.name} written")
+            docker("stop", "-t", "10", backend.cid)
+            wait_until(main, lacks(one, main), args.timeout, f"{backend.name} gone")
+        time.sleep(args.settle)
+        report.samples.append(sample(main.pid, "steady", main.started))
+
+        print("cold start of a second lbsync at N ...", file=sys.stderr, flush=True)
+        cold = start_lbsync(tmp, "cold", fleet.run_id, (ports[-2], ports[-1]), args)
+        daemons.append(cold)
+        wait_until(cold, holds(expected, cold), args.timeout, "the second lbsync's servers")
+        wait_until(cold, cold.healthy, args.timeout, "the second lbsync's /healthz")
+        time.sleep(args.settle)
+        report.samples.append(sample(cold.pid, "cold start", cold.started))
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+
+
+def mb(kib: int) -> str:
+    return f"{kib / 1024:.1f}"
+
+
+def table(report: Report) -> str:
+    columns: list[tuple[str, Callable[[Sample], str]]] = [
+        ("stage", lambda s: s.stage),
+        ("engine", lambda s: str(s.engine_containers)),
+        ("VmHWM", lambda s: mb(s.hwm)),
+        ("VmRSS", lambda s: mb(s.rss)),
+        ("anon", lambda s: mb(s.anon)),
+        ("heap", lambda s: mb(s.heap)),
+        ("mmap anon", lambda s: mb(s.other_anon)),
+        ("file", lambda s: mb(s.file)),
+        ("threads", lambda s: str(s.threads)),
+        ("at (s)", lambda s: f"{s.seconds:.0f}"),
+    ]
+    rows = [[name for name, _ in columns]]
+    rows += [[cell(s) for _, cell in columns] for s in report.samples]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    lines = []
+    for index, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])]
+        cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells))
+        if index == 0:
+            lines.append("-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def summary(report: Report) -> str:
+    env = f"; lbsync env {' '.join(report.daemon_env)}" if report.daemon_env else ""
+    lines = [
+        f"lbsync run (subprocess) memory in MB: N={report.n}, {report.singles} single "
+        f"starts/stops, docker.resync {report.resync:g}s, {report.env_vars} extra env vars "
+        f"per backend{env}; {report.python}",
+        "",
+        table(report),
+        "",
+        "engine: containers on the engine (lbsync keeps all of them); VmHWM: peak since that "
+        "process started; anon = heap + mmap anon (pymalloc, thread arenas, stacks); file: "
+        "libraries and extension modules mapped.",
+    ]
+    if report.samples:
+        biggest = report.samples[-1].files
+        lines.append(
+            "largest file mappings (MB): "
+            + ", ".join(f"{Path(k).name} {mb(v)}" for k, v in biggest.items())
+        )
+        at_n = [s for s in report.samples if s.stage.startswith("N=") and s.stage != "N=0"]
+        if at_n:
+            peak = max(s.hwm for s in report.samples)
+            lines.append(f"peak {mb(peak)} MB (target <= {TARGET_RSS_MB:g} MB at 1,000)")
+    lines += report.notes
+    return "\n".join(lines)
+
+
+def remove_all(fleet: Fleet) -> None:
+    """`fleet.cleanup()`, again when a `docker rm` batch timed out (a busy engine): the next
+    round finds what is left by the run's label."""
+    for attempt in range(1, 4):
+        try:
+            removed = fleet.cleanup()
+        except subprocess.TimeoutExpired:
+            print(f"docker rm timed out (attempt {attempt} of 3)", file=sys.stderr)
+            continue
+        print(f"bench run {fleet.run_id}: removed {removed} containers", file=sys.stderr)
+        return
+    print(f"bench run {fleet.run_id}: containers may be left: docker ps -a --filter "
+          f"label={RUN_LABEL}={fleet.run_id}", file=sys.stderr)  # fmt: skip
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_rss",
+        description="The memory of the real `lbsync run` process against the lab engine.",
+    )
+    parser.add_argument("--n", type=int, default=1000, help="running backends (default 1000)")
+    parser.add_argument("--singles", type=int, default=10, help="single starts/stops (10)")
+    parser.add_argument(
+        "--resync", type=float, default=10.0, help="docker.resync, seconds (default 10; 0: off)"
+    )
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds before a sample")
+    parser.add_argument("--env-vars", type=int, default=0, help="extra env vars per backend")
+    parser.add_argument(
+        "--daemon-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable for the lbsync processes (repeatable)",
+    )
+    parser.add_argument("--timeout", type=float, default=600.0, help="per wait, seconds")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    for item in args.daemon_env:
+        if "=" not in item:
+            parser.error(f"--daemon-env {item!r}: expected KEY=VALUE")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    run_id = secrets.token_hex(5)
+    fleet = RssFleet(run_id, args.env_vars)
+    report = Report(
+        n=args.n,
+        singles=args.singles,
+        resync=args.resync,
+        env_vars=args.env_vars,
+        daemon_env=list(args.daemon_env),
+        python=f"Python {sys.version.split()[0]}",
+    )
+    code = 0
+    with interruptible(), tempfile.TemporaryDirectory(prefix="lbsync-rss-") as tmp:
+        try:
+            print(f"bench run {run_id}", file=sys.stderr, flush=True)
+            run(args, fleet, Path(tmp), report)
+            print(summary(report))
+            if args.json:
+                data: dict[str, Any] = asdict(report)
+                args.json.write_text(json.dumps(data, indent=1))
+        except KeyboardInterrupt:
+            print("\ninterrupted", file=sys.stderr)
+            code = 130
+        except BenchError as exc:
+            print(f"bench failed: {exc}", file=sys.stderr)
+            if report.samples:
+                print(summary(report))
+            code = 1
+        finally:
+            with uninterrupted():
+                print(f"bench run {run_id}: removing its containers ...", file=sys.stderr)
+                remove_all(fleet)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
