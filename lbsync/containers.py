@@ -2,6 +2,11 @@
 
 Everything after this module reads `Container` fields and never the engine's JSON, so an
 engine quirk (Podman's empty host networks, a missing `Health`) is absorbed in one place.
+
+It is also where lbsync decides what it keeps of a container, for as long as the container
+exists: of the environment only the variables it reads (`KEPT_ENV`), and of the strings that
+repeat from one container to the next (label keys, most label values, network ids, states)
+one copy for all (`shared`).
 """
 
 from __future__ import annotations
@@ -11,11 +16,22 @@ import signal
 from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
-from lbsync.model import Container, NetworkAttachment, PublishedPort
+from lbsync.model import EMPTY_MAPPING, Container, NetworkAttachment, PublishedPort
 
 _FRACTION = re.compile(r"\.(\d+)")
+
+#: The environment variables lbsync reads: nginx-proxy's, for `discovery.compat:
+#: nginx-proxy` (`lbsync.labels`). A container's environment is often the biggest part of
+#: its inspect answer (dozens of settings, secrets among them); the rest is never kept.
+KEPT_ENV: Final = frozenset({"VIRTUAL_HOST", "VIRTUAL_PORT", "VIRTUAL_PATH"})
+_KEPT_ENV_PREFIX: Final = "VIRTUAL_"
+
+#: See `shared`: one copy of each repeating string, for all containers.
+_SHARED: dict[str, str] = {}
+_SHARED_MAX: Final = 4096  # strings
+_SHARED_LONGEST: Final = 128  # characters: a longer one is seldom repeated, and kept as is
 
 
 class ContainerParseError(ValueError):
@@ -39,6 +55,37 @@ def parse_created(text: str) -> int:
     except ValueError:
         return 0
     return seconds * 1_000_000_000 + nanos
+
+
+def shared(text: str) -> str:
+    """`text`, or the equal string an earlier container brought.
+
+    Every inspect answer is a new set of strings, yet label keys repeat on every container,
+    and most label values on every replica of a service or every container of an image
+    (Compose's labels, the image's own), as do network ids, states and stop signals: with one
+    copy for all, 1,000 containers of 20 labels hold a few hundred label strings, not 40,000.
+    Bounded: the table starts over when full (strings already shared stay shared), and
+    strings longer than `_SHARED_LONGEST` are not kept in it.
+    """
+    kept = _SHARED.get(text)
+    if kept is None:
+        if len(text) > _SHARED_LONGEST:
+            return text
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        _SHARED[text] = kept = text
+    return kept
+
+
+def kept_env(entries: Any) -> Mapping[str, str]:
+    """A `Config.Env` list (`["KEY=value", ...]`) -> the `KEPT_ENV` variables in it."""
+    env: dict[str, str] = {}
+    for entry in entries if isinstance(entries, list) else ():
+        if isinstance(entry, str) and entry.startswith(_KEPT_ENV_PREFIX):
+            key, _, value = entry.partition("=")
+            if key in KEPT_ENV:
+                env[shared(key)] = value
+    return MappingProxyType(env) if env else EMPTY_MAPPING
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -88,12 +135,7 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
     host_config = _dict(data.get("HostConfig"))
     settings = _dict(data.get("NetworkSettings"))
 
-    labels = {str(k): str(v) for k, v in _dict(config.get("Labels")).items()}
-    env: dict[str, str] = {}
-    for entry in config.get("Env") or ():
-        if isinstance(entry, str):
-            key, _, value = entry.partition("=")
-            env[key] = value
+    labels = {shared(str(k)): shared(str(v)) for k, v in _dict(config.get("Labels")).items()}
 
     exposed: set[int] = set()
     for spec in _dict(config.get("ExposedPorts")):
@@ -117,8 +159,8 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
         sorted(
             (
                 NetworkAttachment(
-                    name=str(name),
-                    network_id=str(_dict(net).get("NetworkID") or ""),
+                    name=shared(str(name)),
+                    network_id=shared(str(_dict(net).get("NetworkID") or "")),
                     ip=str(_dict(net).get("IPAddress") or ""),
                 )
                 for name, net in _dict(settings.get("Networks")).items()
@@ -136,14 +178,14 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
         id=container_id,
         name=str(data.get("Name") or container_id[:12]).lstrip("/"),
         created_ns=parse_created(str(data.get("Created") or "")),
-        labels=MappingProxyType(labels),
-        env=MappingProxyType(env),
-        state=status,
-        health=_health(state, config),
-        network_mode=str(host_config.get("NetworkMode") or "default"),
+        labels=MappingProxyType(labels) if labels else EMPTY_MAPPING,
+        env=kept_env(config.get("Env")),
+        state=shared(status),
+        health=shared(_health(state, config)),
+        network_mode=shared(str(host_config.get("NetworkMode") or "default")),
         networks=networks,
         exposed_ports=tuple(sorted(exposed)),
         published_ports=tuple(sorted(published, key=lambda p: (p.container_port, p.host_port))),
-        stop_signal=_stop_signal(config.get("StopSignal")),
+        stop_signal=shared(_stop_signal(config.get("StopSignal"))),
         started_at=str(state.get("StartedAt") or ""),
     )

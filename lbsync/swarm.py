@@ -33,8 +33,9 @@ Two modes (`discovery.swarm`):
   dnsrr`) is routed per task, as in `tasks` mode.
 
 Labels are the service's `Spec.Labels` (`deploy.labels` in a stack file), env vars the task's
-container spec (for `discovery.compat: nginx-proxy`). The swarm API does not show an image's
-EXPOSE, so exposed ports are the service's endpoint target ports only: set `lbsync.port`.
+container spec (only nginx-proxy's, for `discovery.compat: nginx-proxy`). The swarm API does
+not show an image's EXPOSE, so exposed ports are the service's endpoint target ports only: set
+`lbsync.port`.
 Published ports (`discovery.address: published`): a port published through the ingress
 routing mesh is reached on `host_address` (the mesh on the proxy's own host); one published
 in `host` mode on the task's node address (as above).
@@ -54,7 +55,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
-from lbsync.containers import parse_created
+from lbsync.containers import kept_env, parse_created
 from lbsync.model import Container, NetworkAttachment, PublishedPort
 
 SERVICE_ID_LABEL: Final = "com.docker.swarm.service.id"
@@ -208,12 +209,8 @@ def _container_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _env(container_spec: Mapping[str, Any]) -> Mapping[str, str]:
-    env: dict[str, str] = {}
-    for entry in _list(container_spec.get("Env")):
-        if isinstance(entry, str):
-            key, _, value = entry.partition("=")
-            env[key] = value
-    return MappingProxyType(env)
+    """The variables lbsync reads of the spec's `Env` (`lbsync.containers.KEPT_ENV`)."""
+    return kept_env(container_spec.get("Env"))
 
 
 def _endpoint_ports(service: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 
 from lbsync.config import ConfigError, DiscoveryConfig, TargetConfig, parse_config
+from lbsync.containers import KEPT_ENV
 from lbsync.docker_api import DockerClient
 from lbsync.model import Container, NetworkAttachment, PublishedPort
 from lbsync.registry import Registry, is_serving
@@ -201,8 +202,8 @@ def test_service_containers(case: Case) -> None:
         assert container.created_ns > 0
         if container.id.startswith("swarm-task:"):
             task = next(t for t in TASKS if task_container_id(t["ID"]) == container.id)
-            env = task["Spec"]["ContainerSpec"].get("Env", [])
-            assert dict(container.env) == dict(e.split("=", 1) for e in env)
+            env = dict(e.split("=", 1) for e in task["Spec"]["ContainerSpec"].get("Env", []))
+            assert dict(container.env) == {k: v for k, v in env.items() if k in KEPT_ENV}
         else:
             assert container.id == "swarm-service:" + service["ID"]
 
@@ -250,6 +251,18 @@ def test_host_network_task_address_rule(nodes: dict[str, str], mode: str, ip: st
     container = task_container(SERVICES["web"], _elsewhere(one_task("web")), nodes)
     assert container.network_mode == mode
     assert container.networks == (NetworkAttachment("host", HOST_NET, ip),)
+
+
+def test_a_task_keeps_only_the_env_vars_lbsync_reads() -> None:
+    task = copy.deepcopy(one_task("web"))
+    task["Spec"]["ContainerSpec"]["Env"] = [
+        "DATABASE_URL=postgres://u:secret@db/app",
+        "VIRTUAL_HOST=a.test",
+        "VIRTUAL_PORT=8080",
+        "VIRTUAL_PROTO=https",
+    ]
+    container = task_container(SERVICES["web"], task, NODES)
+    assert dict(container.env) == {"VIRTUAL_HOST": "a.test", "VIRTUAL_PORT": "8080"}
 
 
 def test_health_of_a_task_whose_container_is_here() -> None:
