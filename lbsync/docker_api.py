@@ -468,6 +468,33 @@ class DockerClient:
     ) -> list[dict[str, Any]]:
         return await self._list("/containers/json", filters, {"all": "1" if all else "0"})
 
+    async def list_container_ids(
+        self, *, all: bool = True, filters: Mapping[str, Sequence[str]] | None = None
+    ) -> list[str]:
+        """The ids `list_containers` would list, without the rest of the listing.
+
+        A listing is about 1 KB of JSON per container (labels, ports, mounts, networks) and
+        three times that once parsed; a re-list that inspects every container anyway needs
+        the ids only. Each object is cut down to its `Id` as the parser finishes it, so the
+        parsed listing never exists: at 1,000 containers, a few MB less at every re-list.
+        """
+        query = {"all": "1" if all else "0"}
+        if filters:
+            query["filters"] = json.dumps({k: list(v) for k, v in filters.items()})
+        path = "/containers/json"
+        async with self._request("GET", path, params=query) as response:
+            try:
+                body = await response.read()
+            except aiohttp.ClientPayloadError as exc:
+                raise DockerError(f"GET {path}: the engine's answer is not JSON") from exc
+        try:
+            listed = json.loads(body, object_pairs_hook=_only_id)
+        except ValueError as exc:
+            raise DockerError(f"GET {path}: the engine's answer is not JSON") from exc
+        if not isinstance(listed, list):
+            raise DockerError(f"GET {path}: the engine's answer is not a list")
+        return [str(item["Id"]) for item in listed if isinstance(item, dict) and item.get("Id")]
+
     async def inspect_container(self, container_id: str) -> dict[str, Any]:
         result = await self._json("GET", f"/containers/{quote(container_id, safe='')}/json")
         return dict(result)
@@ -602,6 +629,12 @@ class DockerClient:
                         f"the events stream sent a line that is not an event: {line[:200]!r}"
                     ) from exc
                 yield event
+
+
+def _only_id(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`json.loads` hook: an object, cut down to its `Id` (a nested object's is dropped with
+    its parent, which keeps only its own)."""
+    return {key: value for key, value in pairs if key == "Id"}
 
 
 async def _error_message(response: aiohttp.ClientResponse) -> str:

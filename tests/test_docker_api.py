@@ -63,6 +63,54 @@ async def test_newer_engine_refusing_old_versions_still_works(
         assert await fake_client.list_containers() == []
 
 
+# --- listing ids only --------------------------------------------------------------------
+
+LISTING = [
+    {
+        "Id": "a" * 64,
+        "Names": ["/web-1"],
+        # Nested objects with an `Id` of their own (a hostile label among them) must not count.
+        "Labels": {"Id": "not-a-container", "lbsync.host": "a.test"},
+        "NetworkSettings": {"Networks": {"bridge": {"NetworkID": "n" * 64, "Id": "x"}}},
+        "Mounts": [{"Type": "volume", "Name": "data"}],
+    },
+    {"Id": "b" * 64, "Names": ["/db-1"], "Labels": {}},
+    {"Names": ["/no-id"]},
+]
+
+
+async def test_list_container_ids(fake_engine: FakeEngine, fake_client: DockerClient) -> None:
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(request.query_string)
+        return web.json_response(LISTING)
+
+    fake_engine.route("GET", "/containers/json", handler)
+    async with fake_client:
+        assert await fake_client.list_container_ids() == ["a" * 64, "b" * 64]
+        ids = await fake_client.list_container_ids(all=False, filters={"label": ["k=v"]})
+        assert ids == ["a" * 64, "b" * 64]
+        # The same ids, in the same order, as the whole listing.
+        listed = await fake_client.list_containers()
+        assert [item["Id"] for item in listed if item.get("Id")] == ids
+    assert seen[0] == "all=1"
+    assert "all=0" in seen[1] and "filters=" in seen[1]
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"Id": "a"}', b"", b"\xff\xfe"])
+async def test_list_container_ids_refuses_what_is_not_a_listing(
+    fake_engine: FakeEngine, fake_client: DockerClient, body: bytes
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, content_type="application/json")
+
+    fake_engine.route("GET", "/containers/json", handler)
+    async with fake_client:
+        with pytest.raises(DockerError, match="containers/json"):
+            await fake_client.list_container_ids()
+
+
 async def test_refuses_engine_older_than_1_40(
     fake_engine: FakeEngine, fake_client: DockerClient
 ) -> None:

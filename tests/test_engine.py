@@ -160,6 +160,7 @@ async def test_list_with_label_filter_and_inspect(lab: Lab, engine: DockerClient
     assert found[0]["State"] == "running"
     by_key = await engine.list_containers(filters={"label": [CASE_LABEL]})
     assert {cid, other} <= {c["Id"] for c in by_key}
+    assert await engine.list_container_ids(filters={"label": label_filter(labels)}) == [cid]
 
     data = await engine.inspect_container(cid)
     assert data["Id"] == cid
