@@ -127,6 +127,7 @@ class Daemon:
         self.client = client
         self.metrics = Metrics()
         self._event_counters: dict[tuple[str, str], Counter] = {}
+        self._seen_reconnects = 0  # watcher.reconnects already counted in the metrics
         self.registry = Registry()
         self.started_at = time.time()
         self.targets = [
@@ -602,13 +603,17 @@ class Daemon:
             await self.client.close()
         return code
 
+    def sync_connection_metrics(self) -> None:
+        """Copy the watcher's connection state into the metrics (also right before a scrape,
+        so /metrics never lags the reconnect that /healthz already shows)."""
+        self.metrics.engine_connected.set(1 if self.watcher.connected else 0)
+        if self.watcher.reconnects > self._seen_reconnects:
+            self.metrics.engine_reconnects.inc(self.watcher.reconnects - self._seen_reconnects)
+            self._seen_reconnects = self.watcher.reconnects
+
     async def _track_connection(self) -> None:
-        seen_reconnects = 0
         while True:
-            self.metrics.engine_connected.set(1 if self.watcher.connected else 0)
-            if self.watcher.reconnects > seen_reconnects:
-                self.metrics.engine_reconnects.inc(self.watcher.reconnects - seen_reconnects)
-                seen_reconnects = self.watcher.reconnects
+            self.sync_connection_metrics()
             await asyncio.sleep(0.5)
 
 

@@ -31,6 +31,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON_KEY]
+    daemon.sync_connection_metrics()
     body = daemon.metrics.render_text()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
