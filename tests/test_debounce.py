@@ -109,7 +109,9 @@ async def test_churn_after_a_pass_doubles_the_quiet_window(recorder: Recorder) -
         debouncer.poke(event_time_ns=i + 1)
         await asyncio.sleep(0.08)
     await _wait_passes(recorder, 1)
-    await asyncio.sleep(0.7)
+    async with asyncio.timeout(2):  # until the last change has had its pass
+        while sum(len(times) for _, times in recorder.passes) < 12:
+            await asyncio.sleep(0.01)
     task.cancel()
     # First round: quiet 0.05 -> a pass after the first change. Then 0.1 (still shorter
     # than the gaps), then 0.2 and more: the rest coalesce, bounded by max.
@@ -178,11 +180,11 @@ async def test_two_changes_still_wait_only_quiet(recorder: Recorder) -> None:
 
 async def test_changes_during_a_pass_count_as_churn(recorder: Recorder) -> None:
     recorder.hold.clear()  # the first pass runs until released
-    debouncer = Debouncer(recorder, quiet=0.05, max_wait=0.5)
+    debouncer = Debouncer(recorder, quiet=0.05, max_wait=0.2)
     task = await _run(debouncer)
     debouncer.poke()
     await _wait_passes(recorder, 1)
-    await asyncio.sleep(0.6)  # a long pass: longer than max
+    await asyncio.sleep(0.3)  # a long pass: longer than max
     debouncer.poke()  # during the pass
     assert debouncer.quiet_now == pytest.approx(0.1)
     recorder.hold.set()
