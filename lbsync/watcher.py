@@ -394,19 +394,39 @@ class Watcher:
         else:
             self.swarm_active = False
             self._settling.clear()
-        # Ids only: every container is inspected next, and the parsed listing (about 3 MB at
-        # 1,000 containers) would stay alive through all those inspects.
+        # Ids only, and each inspect applied as it arrives: at 1,000 containers the parsed
+        # listing (about 3 MB) or a second copy of every container would otherwise stay
+        # alive until the last inspect, and the peak is what the process keeps.
         ids = await self.client.list_container_ids(all=True)
-        inspected = await self._inspect_many(ids)
-        containers = [c for c in inspected.values() if c is not None]
-        real = len(containers)
-        members: dict[str, list[Container]] = {}
-        if self.swarm_active:
-            members = await self._list_swarm({c.id: c.health for c in containers})
-            containers += [c for group in members.values() for c in group]
         before = {c.id: is_serving(c) for c in self.registry.containers()}
-        changed = self.registry.replace_all(containers)
-        for gone in set(self._final_kill) - {c.id for c in containers}:
+        health: dict[str, str] = {}  # every container the engine answered for: its health
+        changed = False
+
+        def store(container: Container) -> None:
+            nonlocal changed
+            health[container.id] = container.health
+            changed = self.registry.upsert(container) or changed
+
+        try:
+            await self._inspect_each(ids, store)
+            real = len(health)
+            members: dict[str, list[Container]] = {}
+            if self.swarm_active:
+                members = await self._list_swarm(health)
+                for group in members.values():
+                    for member in group:
+                        changed = self.registry.upsert(member) or changed
+        except BaseException:
+            # What was stored before the failure is in the registry, and the next listing
+            # will find it unchanged: a pass must hear of it now. Not before the first full
+            # listing, though: a first pass over part of the engine would drop the rest.
+            if changed and self.listed.is_set():
+                self._announce(before, reason)
+            raise
+        listed = health.keys() | {c.id for group in members.values() for c in group}
+        for gone in [c.id for c in self.registry.containers() if c.id not in listed]:
+            changed = self.registry.remove(gone) or changed
+        for gone in set(self._final_kill) - listed:
             del self._final_kill[gone]
         self._swarm_members = {sid: frozenset(c.id for c in g) for sid, g in members.items()}
         if self.swarm_active:
@@ -414,27 +434,45 @@ class Watcher:
                 "listed %d containers and %d services (%d routable objects) (%s)",
                 real,
                 len(members),
-                len(containers) - real,
+                len(listed) - real,
                 reason,
             )
         else:
-            log.debug("listed %d containers (%s)", len(containers), reason)
+            log.debug("listed %d containers (%s)", real, reason)
         if changed or reason == "start":
-            urgent = any(
-                serving and not is_serving(self.registry.get(cid))
-                for cid, serving in before.items()
-            )
-            self.on_change(Change(urgent=urgent, event_time_ns=None, reason=reason))
+            self._announce(before, reason)
 
-    async def _inspect_many(self, ids: list[str]) -> dict[str, Container | None]:
-        semaphore = asyncio.Semaphore(INSPECT_CONCURRENCY)
+    def _announce(self, serving_before: Mapping[str, bool], reason: str) -> None:
+        """Tell the daemon the registry changed; urgent when a serving container no longer is."""
+        urgent = any(
+            serving and not is_serving(self.registry.get(cid))
+            for cid, serving in serving_before.items()
+        )
+        self.on_change(Change(urgent=urgent, event_time_ns=None, reason=reason))
 
-        async def one(container_id: str) -> tuple[str, Container | None]:
-            async with semaphore:
-                return container_id, await self._inspect(container_id)
+    async def _inspect_each(self, ids: list[str], store: Callable[[Container], None]) -> None:
+        """Inspect every id, INSPECT_CONCURRENCY at a time, and `store` each answer at once.
 
-        results = await asyncio.gather(*(one(cid) for cid in ids))
-        return dict(results)
+        A few workers share one iterator over the ids, rather than a task per id all
+        waiting on a semaphore (1.5 KB each, all alive for the whole listing).
+        """
+        pending = iter(ids)
+
+        async def worker() -> None:
+            for container_id in pending:  # each id is taken by exactly one worker
+                container = await self._inspect(container_id)
+                if container is not None:
+                    store(container)
+
+        workers = [
+            asyncio.ensure_future(worker()) for _ in range(min(INSPECT_CONCURRENCY, len(ids)))
+        ]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            for task in workers:
+                task.cancel()
+            raise
 
     async def _inspect(self, container_id: str) -> Container | None:
         """The container now, or None when it is gone (removed since the event)."""

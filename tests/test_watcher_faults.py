@@ -249,3 +249,40 @@ async def test_slow_engine_still_converges(
     await until(lambda: running.watcher.events_seen >= 20, timeout=5.0)
     # 20 events for one container while inspects were slow: batched, not 20 inspects.
     assert engine.inspects.count("a" * 64) < 10
+
+
+async def test_a_resync_that_fails_part_way_still_announces_what_it_stored(
+    engine: ScriptedEngine, fake_client: DockerClient
+) -> None:
+    engine.containers["a" * 64] = inspect_json("a" * 64, "web")
+    engine.containers["b" * 64] = inspect_json("b" * 64, "api")
+    broken = "c" * 64
+
+    async def inspect(request: web.Request) -> web.StreamResponse:
+        cid = request.path.split("/")[3]
+        if cid == broken:
+            await asyncio.sleep(0.05)  # after the others were stored
+            return web.json_response({"message": "engine trouble"}, status=500)
+        return await engine._inspect(request)
+
+    engine.fake.prefix_route("GET", "/containers/", inspect)
+    registry = Registry()
+    changes: list[Change] = []
+    watcher = Watcher(fake_client, registry, changes.append, resync=0.2, retry_max_wait=0.05)
+    task = asyncio.create_task(watcher.run())
+    try:
+        await until(lambda: watcher.listed.is_set() and names(registry) == {"web", "api"})
+        listed_changes = len(changes)
+        # Before the next resync: one container renamed, and one whose inspect always fails.
+        engine.containers["a" * 64] = inspect_json("a" * 64, "web2")
+        engine.containers[broken] = inspect_json(broken, "flaky")
+        await until(lambda: names(registry) == {"web2", "api"}, timeout=3.0)
+        # The listing failed, and every retry will too (and find web2 unchanged): the
+        # rename was stored, so it must have been announced at once.
+        await until(lambda: len(changes) > listed_changes, timeout=1.0)
+        assert changes[-1].reason == "resync"
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await fake_client.close()
