@@ -17,6 +17,7 @@ from lbsync.daemon import Daemon
 from lbsync.docker_api import DockerClient, Event, NotFound, resolve_endpoint
 from lbsync.labels import parse_services
 from lbsync.logs import setup_logging
+from lbsync.memory import fix_mmap_threshold
 from lbsync.model import Service
 from lbsync.registry import Registry
 from lbsync.render import CompiledTemplate, TemplateError, load_template, render
@@ -181,6 +182,7 @@ async def render_once(
 def run_daemon(config: Config, config_path: Path | None = None) -> int:
     """`lbsync run`: set up logging, run until SIGTERM/SIGINT."""
     setup_logging(config.log)
+    fix_mmap_threshold()
     load_templates(config)
 
     async def main() -> int:
