@@ -14,13 +14,13 @@ Phases, each timed over `--runs` runs (best and median, `gc.collect()` before ea
 * `parse (cold)`: `Registry.entries` on a fresh registry with the label parser's memo
   cleared: `parse_services` for every container (replicas with equal labels still share
   one parse within the run, as they do in the daemon).
-* `build_model`, `render` (builtin:nginx), `encode + compare` (`str.encode`, and the bytes
-  compared with the previous output, as the daemon does).
+* `build_model`, `render + encode` (builtin:nginx, then `str.encode`: the daemon keeps the
+  bytes with the model they came from), `compare` (with the previous output).
 * `cold pass`: the four above, back to back: the first pass after start.
 * `steady pass`: a second pass over the same registry with the daemon's memory (its
   `ModelBuilder` and `FragmentCache`): nothing changed, so the builder hands back the same
-  model and nothing is rendered (`Registry.containers`, `find_proxies`, `Registry.entries`,
-  the model, encode + compare).
+  model and nothing is rendered or encoded (`Registry.containers`, `find_proxies`,
+  `Registry.entries`, the model, compare).
 * `pass after 1 change`: one container re-upserted with a new health, then a pass: its
   groups are re-settled and only its blocks re-rendered.
 
@@ -68,15 +68,15 @@ PHASES: tuple[str, ...] = (
     "registry load",
     "parse (cold)",
     "build_model",
-    "render",
-    "encode + compare",
+    "render + encode",
+    "compare",
     "cold pass",
     "steady pass",
     "  containers+find_proxies",
     "  entries (cached)",
     "  build_model",
-    "  render",
-    "  encode + compare",
+    "  render + encode",
+    "  compare",
     "pass after 1 change",
 )
 TARGET_MS = 100.0
@@ -174,7 +174,7 @@ class Pass:
     previous: bytes | None = None
     builder: ModelBuilder = dataclasses.field(default_factory=ModelBuilder)
     fragments: FragmentCache = dataclasses.field(default_factory=FragmentCache)
-    rendered: tuple[RoutingModel | None, str] = (None, "")
+    rendered: tuple[RoutingModel | None, bytes] = (None, b"")
 
     def steady(self, times: dict[str, float]) -> bytes:
         t0 = time.perf_counter()
@@ -186,24 +186,24 @@ class Pass:
         t2 = time.perf_counter()
         model = self.builder.build(entries, self.discovery, self.target, networks)
         t3 = time.perf_counter()
-        text = self._render(model)
+        data = self._render(model)
         t4 = time.perf_counter()
-        data = text.encode()
         _changed = data != self.previous
         self.previous = data
         t5 = time.perf_counter()
         times["  containers+find_proxies"] = t1 - t0
         times["  entries (cached)"] = t2 - t1
         times["  build_model"] = t3 - t2
-        times["  render"] = t4 - t3
-        times["  encode + compare"] = t5 - t4
+        times["  render + encode"] = t4 - t3
+        times["  compare"] = t5 - t4
         times["steady pass"] = t5 - t0
         return data
 
-    def _render(self, model: RoutingModel) -> str:
+    def _render(self, model: RoutingModel) -> bytes:
+        """The file's bytes, kept with the model they were rendered from (as the daemon)."""
         if self.rendered[0] is not model:
             text = render(self.template, model, self.target, fragments=self.fragments)
-            self.rendered = (model, text)
+            self.rendered = (model, text.encode())
         return self.rendered[1]
 
 
@@ -225,17 +225,16 @@ def cold_run(
     t2 = time.perf_counter()
     model = daemon_pass.builder.build(entries, discovery, target, frozenset())
     t3 = time.perf_counter()
-    text = daemon_pass._render(model)
+    data = daemon_pass._render(model)
     t4 = time.perf_counter()
-    data = text.encode()
     _changed = data != b""
     daemon_pass.previous = data
     t5 = time.perf_counter()
     times["registry load"] = t1 - t0
     times["parse (cold)"] = t2 - t1
     times["build_model"] = t3 - t2
-    times["render"] = t4 - t3
-    times["encode + compare"] = t5 - t4
+    times["render + encode"] = t4 - t3
+    times["compare"] = t5 - t4
     times["cold pass"] = t5 - t1
     return daemon_pass, data
 

@@ -1,6 +1,7 @@
 """The memory of the real `lbsync run` process at N running containers, against the lab engine.
 
-    python -m bench.bench_rss [--n 1000] [--singles 10] [--resync 10] [--json FILE]
+    python -m bench.bench_rss [--n 1000] [--singles 10] [--resync 10] [--image IMAGE]
+                              [--json FILE]
 
 `bench.bench_daemon` runs the daemon inside the bench process, so its RSS includes the bench.
 This one starts `python -m lbsync run -c FILE` from this checkout as a subprocess and reads
@@ -27,8 +28,14 @@ KEY=VALUE` (repeatable) sets an environment variable for the lbsync processes, e
 `MALLOC_ARENA_MAX=2`; `--env-vars K` gives every backend K more environment variables of
 about 60 bytes each (containers in the wild carry dozens; lbsync reads three).
 
+`--image lbsync:dev` runs lbsync as people deploy it instead: a container of that local image
+(`deploy/build-image.sh` builds it; its own Python, only the declared dependencies), with
+`--network host`, the engine's socket and the socket's group, the config and the output
+directory mounted; its main process is read from this host's /proc.
+
 Every container carries `lbsync-test=1` and `lbsync-run=<run id>` and is removed by id at
-the end, also on Ctrl-C or SIGTERM; the lbsync processes are stopped by pid (SIGTERM).
+the end, also on Ctrl-C or SIGTERM; the lbsync processes are stopped by pid (SIGTERM), an
+lbsync container by `docker stop` and then removed by id.
 Target from the issue: RSS <= 40 MB at 1,000 running containers. Figures only: nothing is
 asserted.
 """
@@ -36,6 +43,7 @@ asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -65,10 +73,14 @@ from bench.bench_daemon import (
     interruptible,
     uninterrupted,
 )
+from tests.lab import DOCKER
 
 REPO = Path(__file__).resolve().parent.parent
 POLL = 0.1  # seconds between looks at the output file
 STOP_GRACE = 30.0  # seconds lbsync gets to exit after SIGTERM
+DOCKER_SOCKET = "/var/run/docker.sock"
+IMAGE_CONFIG = "/etc/lbsync/lbsync.yaml"  # --image: where the config is mounted
+IMAGE_OUTPUT_DIR = "/run/lbsync-out"  # --image: where the output directory is mounted
 
 
 # --------------------------------------------------------------------------- /proc
@@ -162,17 +174,22 @@ class RssFleet(Fleet):
 
 @dataclass
 class Lbsync:
-    """One `python -m lbsync run` subprocess and the files it works with."""
+    """One lbsync daemon (a subprocess, or a container of `--image`) and the files it writes."""
 
-    proc: subprocess.Popen[bytes]
     output: Path
     health_url: str
-    stderr: Path
     started: float
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        raise NotImplementedError
+
+    def alive(self) -> None:
+        """Raise BenchError when the daemon is gone."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
 
     def servers(self) -> frozenset[int]:
         """Ports of the servers in the file lbsync wrote last (empty before its first)."""
@@ -191,6 +208,18 @@ class Lbsync:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
+
+
+@dataclass
+class LocalLbsync(Lbsync):
+    """`python -m lbsync run` from this checkout, as a subprocess."""
+
+    proc: subprocess.Popen[bytes] = field(repr=False, kw_only=True)
+    stderr: Path = field(kw_only=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def alive(self) -> None:
         if self.proc.poll() is not None:
@@ -213,6 +242,35 @@ class Lbsync:
         except subprocess.TimeoutExpired:
             os.kill(self.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+@dataclass
+class ContainerLbsync(Lbsync):
+    """`lbsync run` in a container of the `--image`, as people deploy it; its main process
+    is read from this host's /proc (the engine's State.Pid)."""
+
+    cid: str = field(kw_only=True)
+    main_pid: int = field(kw_only=True)
+
+    @property
+    def pid(self) -> int:
+        return self.main_pid
+
+    def alive(self) -> None:
+        running = docker("inspect", "-f", "{{.State.Running}}", self.cid)
+        if running != "true":
+            logs = subprocess.run(
+                [DOCKER, "logs", "--tail", "20", self.cid], capture_output=True, text=True
+            )
+            raise BenchError(f"lbsync container {self.cid[:12]} stopped: "
+                             f"{(logs.stdout + logs.stderr).strip()[-2000:]}")  # fmt: skip
+
+    def stop(self) -> None:
+        """`docker stop` (SIGTERM, then SIGKILL after the grace time), then removed by id."""
+        with contextlib.suppress(BenchError, subprocess.SubprocessError):
+            docker("stop", "-t", f"{STOP_GRACE:g}", self.cid, timeout=STOP_GRACE + 30)
+        with contextlib.suppress(BenchError, subprocess.SubprocessError):
+            docker("rm", "--force", self.cid)
 
 
 def write_config(
@@ -245,6 +303,24 @@ def start_lbsync(
     config = tmp / f"{name}.yaml"
     output = tmp / name / "lbsync.conf"
     output.parent.mkdir()
+    health_url = f"http://127.0.0.1:{server_port}/healthz"
+    if args.image:
+        output.parent.chmod(0o777)  # the image runs as its own uid (10001)
+        write_config(config, run_id, Path(IMAGE_OUTPUT_DIR) / output.name, listen, server_port,
+                     args.resync)  # fmt: skip
+        config.chmod(0o644)
+        socket_gid = os.stat(DOCKER_SOCKET).st_gid
+        env_args = [arg for item in args.daemon_env for arg in ("--env", item)]
+        cid = docker(
+            "run", "-d", "--network", "host", "--label", "lbsync-test=1",
+            "--label", f"lbsync-bench-daemon={run_id}", "--name", f"lbsync-rss-{run_id}-{name}",
+            "--group-add", str(socket_gid), "-v", f"{DOCKER_SOCKET}:{DOCKER_SOCKET}",
+            "-v", f"{output.parent}:{IMAGE_OUTPUT_DIR}", "-v", f"{config}:{IMAGE_CONFIG}:ro",
+            *env_args, args.image, "run", "-c", IMAGE_CONFIG,
+        )  # fmt: skip
+        started = time.monotonic()
+        pid = int(docker("inspect", "-f", "{{.State.Pid}}", cid))
+        return ContainerLbsync(output, health_url, started, cid=cid, main_pid=pid)
     write_config(config, run_id, output, listen, server_port, args.resync)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -261,7 +337,7 @@ def start_lbsync(
             stdout=err,
             stderr=err,
         )
-    return Lbsync(proc, output, f"http://127.0.0.1:{server_port}/healthz", stderr, time.monotonic())
+    return LocalLbsync(output, health_url, time.monotonic(), proc=proc, stderr=stderr)
 
 
 def wait_until(lbsync: Lbsync, condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -388,7 +464,8 @@ def table(report: Report) -> str:
 def summary(report: Report) -> str:
     env = f"; lbsync env {' '.join(report.daemon_env)}" if report.daemon_env else ""
     lines = [
-        f"lbsync run (subprocess) memory in MB: N={report.n}, {report.singles} single "
+        f"lbsync run ({'container' if report.python.startswith('image') else 'subprocess'}) "
+        f"memory in MB: N={report.n}, {report.singles} single "
         f"starts/stops, docker.resync {report.resync:g}s, {report.env_vars} extra env vars "
         f"per backend{env}; {report.python}",
         "",
@@ -427,6 +504,13 @@ def remove_all(fleet: Fleet) -> None:
           f"label={RUN_LABEL}={fleet.run_id}", file=sys.stderr)  # fmt: skip
 
 
+def image_python(image: str) -> str:
+    """What runs lbsync in `image`: its Python version."""
+    version = docker("run", "--rm", "--network", "host", "--label", "lbsync-test=1",
+                     "--entrypoint", "python3", image, "--version")  # fmt: skip
+    return f"image {image}, {version}"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.bench_rss",
@@ -445,6 +529,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         metavar="KEY=VALUE",
         help="environment variable for the lbsync processes (repeatable)",
+    )
+    parser.add_argument(
+        "--image",
+        help="run lbsync in a container of this local image (e.g. lbsync:dev, built by "
+        "deploy/build-image.sh), as deployed, instead of from this checkout",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="per wait, seconds")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -465,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resync=args.resync,
         env_vars=args.env_vars,
         daemon_env=list(args.daemon_env),
-        python=f"Python {sys.version.split()[0]}",
+        python=image_python(args.image) if args.image else f"Python {sys.version.split()[0]}",
     )
     code = 0
     with interruptible(), tempfile.TemporaryDirectory(prefix="lbsync-rss-") as tmp:

@@ -71,14 +71,17 @@ class CompiledTemplate:
 
 
 class _Site:
-    """One `render_each` call site: the items it rendered last and their texts."""
+    """One `render_each` call site: the items it rendered last and their texts.
 
-    __slots__ = ("items", "joined", "texts")
+    The joined text is not kept: joining is cheap, and it would be a second copy of the
+    site's part of the file.
+    """
+
+    __slots__ = ("items", "texts")
 
     def __init__(self, items: tuple[object, ...], texts: list[str]) -> None:
         self.items = items
         self.texts = texts
-        self.joined = "".join(texts)
 
 
 class FragmentCache:
@@ -114,7 +117,7 @@ class FragmentCache:
         site = self._sites.get(key)
         if site is not None and now is site.items:
             self.reused += len(now)
-            return site.joined
+            return "".join(site.texts)
         if site is not None and len(now) == len(site.items):
             texts = site.texts
             moved = list(compress(range(len(now)), map(is_not, now, site.items)))
@@ -123,8 +126,7 @@ class FragmentCache:
             self.rendered += len(moved)
             self.reused += len(now) - len(moved)
             site.items = now
-            site.joined = "".join(texts)
-            return site.joined
+            return "".join(texts)
         known = {} if site is None else dict(zip(map(id, site.items), site.texts, strict=True))
         texts = []
         for item in now:
@@ -135,8 +137,8 @@ class FragmentCache:
             else:
                 self.reused += 1
             texts.append(text)
-        site = self._sites[key] = _Site(now, texts)
-        return site.joined
+        self._sites[key] = _Site(now, texts)
+        return "".join(texts)
 
 
 # The cache of the render in progress: render_each is called from inside Jinja2.
