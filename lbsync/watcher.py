@@ -680,8 +680,10 @@ class Watcher:
 
     async def _follow(self, queue: EventQueue) -> None:
         loop = asyncio.get_running_loop()
-        next_resync = loop.time() + self.resync if self.resync > 0 else None
+        listed_at = loop.time()
         while True:
+            # From `self.resync` each time round: a config reload may change it, to 0 too.
+            next_resync = listed_at + self.resync if self.resync > 0 else None
             wake = next_resync
             settle = self._next_settle_poll()
             if settle is not None:
@@ -693,7 +695,7 @@ class Watcher:
             except TimeoutError:
                 if next_resync is not None and loop.time() >= next_resync:
                     await self.relist("resync")
-                    next_resync = loop.time() + self.resync
+                    listed_at = loop.time()
                 else:
                     await self._poll_settling()
                 continue
