@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,19 +42,38 @@ class ProxyMissing(Exception):
 
 
 async def run_local(command: Sequence[str], timeout: float) -> tuple[int, str]:
-    """Run a local command; (exit code, combined output). A missing binary is exit 127."""
+    """Run a local command; (exit code, combined output). A missing binary is exit 127.
+
+    The command runs in a worker thread, which collects its output and reaps it: one
+    hand-off to the loop, where asyncio's subprocess transport takes a dozen loop turns (pipe
+    protocols, a watcher thread per child) for what is usually a millisecond's reload.
+    """
+    started: list[subprocess.Popen[bytes]] = []
     try:
-        process = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        return await asyncio.to_thread(_run_local, command, timeout, started)
+    except asyncio.CancelledError:
+        # The thread waits for the child: a dead child lets it, and a shutdown, end now.
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        raise
+
+
+def _run_local(
+    command: Sequence[str], timeout: float, started: list[subprocess.Popen[bytes]]
+) -> tuple[int, str]:
+    try:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
     except OSError as exc:
         return 127, f"cannot run {command[0]!r}: {exc.strerror or exc}"
+    started.append(process)
     try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()  # reap it
         return 124, f"{' '.join(command)} did not finish within {timeout:g} s"
     return process.returncode or 0, output.decode("utf-8", "replace").strip()
 
