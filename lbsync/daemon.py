@@ -568,7 +568,6 @@ class Daemon:
         runner = await start_server(self, self.config.server.host, self.config.server.port)
         watcher_task = asyncio.create_task(self.watcher.run(), name="lbsync-watcher")
         debounce_task = asyncio.create_task(self.debouncer.run(), name="lbsync-passes")
-        metrics_task = asyncio.create_task(self._track_connection(), name="lbsync-metrics")
         files_task = asyncio.create_task(self._watch_files(), name="lbsync-config-watch")
         stop_task = asyncio.create_task(self._stop.wait())
         code = 0
@@ -590,7 +589,6 @@ class Daemon:
             tasks: set[asyncio.Task[Any]] = {
                 watcher_task,
                 debounce_task,
-                metrics_task,
                 files_task,
                 stop_task,
             }
@@ -609,17 +607,12 @@ class Daemon:
         return code
 
     def sync_connection_metrics(self) -> None:
-        """Copy the watcher's connection state into the metrics (also right before a scrape,
-        so /metrics never lags the reconnect that /healthz already shows)."""
+        """Copy the watcher's connection state into the metrics. /metrics calls it before
+        every scrape, and nothing else reads them: no task wakes up to poll it."""
         self.metrics.engine_connected.set(1 if self.watcher.connected else 0)
         if self.watcher.reconnects > self._seen_reconnects:
             self.metrics.engine_reconnects.inc(self.watcher.reconnects - self._seen_reconnects)
             self._seen_reconnects = self.watcher.reconnects
-
-    async def _track_connection(self) -> None:
-        while True:
-            self.sync_connection_metrics()
-            await asyncio.sleep(0.5)
 
 
 _SLOT_LINE = re.compile(rb"^[ \t]*server[ \t]+s[0-9]+[ \t].*$", re.MULTILINE)
