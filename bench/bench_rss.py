@@ -1,6 +1,7 @@
 """The memory of the real `lbsync run` process at N running containers, against the lab engine.
 
-    python -m bench.bench_rss [--n 1000] [--singles 10] [--resync 10] [--image IMAGE]
+    python -m bench.bench_rss [--n 1000] [--singles 30] [--resync 10] [--idle 20]
+                              [--image IMAGE]
                               [--json FILE]
 
 `bench.bench_daemon` runs the daemon inside the bench process, so its RSS includes the bench.
@@ -16,7 +17,15 @@ and of the files mapped: libpython, libcrypto, the extension modules), at these 
    `--resync` * 1.5 seconds more, so at least one full re-list at N is in the peak (the
    daemon re-lists and re-inspects every container every `docker.resync`).
 3. `steady`: `--singles` extra containers started and stopped one at a time, each waited for
-   in the file.
+   in the file. Before them, lbsync's idle CPU is measured over `--idle` seconds (with
+   `--resync` re-lists in them), then its config is rewritten with `resync: 0s` and it gets
+   a SIGHUP, and the idle CPU measured again: the singles are about events alone.
+   lbsync's CPU (user + system from /proc/<pid>/stat, every thread, exited ones too) is
+   summed from each `docker start` to the file holding the container, and from each
+   `docker stop` to the file without it; divided by the engine events lbsync received
+   meanwhile (`lbsync_events_total` from its /metrics, read before and after), it is the
+   issue's "CPU per event" for a real process, without a bench inside it. Also shown less
+   what its timers cost over the same seconds at the idle rate without re-lists.
 4. `cold start`: a second lbsync process started at N (its first listing inspects every
    container at once), measured when its file holds all N.
 
@@ -46,6 +55,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -64,6 +74,7 @@ import yaml
 from bench.bench_daemon import (
     RUN_LABEL,
     SERVER_RE,
+    TARGET_CPU_MS,
     TARGET_RSS_MB,
     Backend,
     BenchError,
@@ -135,6 +146,24 @@ def read_smaps(pid: int) -> tuple[int, int, dict[str, int]]:
     return heap, anon, files
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the whole process so far, exited threads included (/proc stat;
+    the kernel reports clock ticks, 10 ms each: the bench sums many starts)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+EVENTS_RE = re.compile(rb"^lbsync_events_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
+
+
+def events_received(metrics_url: str) -> int:
+    """Engine events lbsync has received so far (the sum of lbsync_events_total)."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        body = response.read()
+    return int(sum(float(value) for value in EVENTS_RE.findall(body)))
+
+
 def sample(pid: int, stage: str, started: float) -> Sample:
     status = read_status(pid)
     heap, other, files = read_smaps(pid)
@@ -191,6 +220,19 @@ class Lbsync:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def signal_hup(self) -> None:
+        raise NotImplementedError
+
+    def set_resync(self, config: Path, seconds: float) -> None:
+        """Rewrite `docker.resync` in its config file (in place: a mounted file stays the
+        same inode), SIGHUP, and give it a moment to re-read."""
+        data = yaml.safe_load(config.read_text())
+        data["docker"]["resync"] = f"{seconds:g}s"
+        config.write_text(yaml.safe_dump(data, sort_keys=False))
+        self.signal_hup()
+        time.sleep(1.0)
+        self.alive()
+
     def servers(self) -> frozenset[int]:
         """Ports of the servers in the file lbsync wrote last (empty before its first)."""
         try:
@@ -232,6 +274,9 @@ class LocalLbsync(Lbsync):
         except OSError:
             return "(no output)"
 
+    def signal_hup(self) -> None:
+        os.kill(self.pid, signal.SIGHUP)
+
     def stop(self) -> None:
         """SIGTERM by pid, then SIGKILL if it is still there after the grace time."""
         if self.proc.poll() is not None:
@@ -264,6 +309,9 @@ class ContainerLbsync(Lbsync):
             )
             raise BenchError(f"lbsync container {self.cid[:12]} stopped: "
                              f"{(logs.stdout + logs.stderr).strip()[-2000:]}")  # fmt: skip
+
+    def signal_hup(self) -> None:
+        docker("kill", "--signal", "HUP", self.cid)
 
     def stop(self) -> None:
         """`docker stop` (SIGTERM, then SIGKILL after the grace time), then removed by id."""
@@ -300,7 +348,7 @@ def start_lbsync(
     tmp: Path, name: str, run_id: str, ports: tuple[int, int], args: argparse.Namespace
 ) -> Lbsync:
     listen, server_port = ports
-    config = tmp / f"{name}.yaml"
+    config = config_of(tmp, name)
     output = tmp / name / "lbsync.conf"
     output.parent.mkdir()
     health_url = f"http://127.0.0.1:{server_port}/healthz"
@@ -349,6 +397,18 @@ def wait_until(lbsync: Lbsync, condition: Callable[[], bool], timeout: float, wh
         time.sleep(POLL)
 
 
+def config_of(tmp: Path, name: str) -> Path:
+    return tmp / f"{name}.yaml"
+
+
+def idle_cpu(lbsync: Lbsync, seconds: float, what: str) -> float:
+    """lbsync's CPU in ms per second over `seconds` of nothing happening on the engine."""
+    print(f"{seconds:g} s idle ({what}) ...", file=sys.stderr, flush=True)
+    cpu0, wall0 = cpu_seconds(lbsync.pid), time.monotonic()
+    time.sleep(seconds)
+    return (cpu_seconds(lbsync.pid) - cpu0) * 1000 / (time.monotonic() - wall0)
+
+
 def holds(ports: frozenset[int], lbsync: Lbsync) -> Callable[[], bool]:
     return lambda: ports <= lbsync.servers()
 
@@ -361,6 +421,22 @@ def lacks(ports: frozenset[int], lbsync: Lbsync) -> Callable[[], bool]:
 
 
 @dataclass
+class CpuFigures:
+    """lbsync's CPU over the single starts and stops at N (the engine's events included)."""
+
+    starts: int
+    start_cpu_ms: float  # from `docker start` until the file holds the container
+    stop_cpu_ms: float  # from `docker stop` until the file no longer does
+    events: int  # engine events lbsync received meanwhile (a start is `start` + a network
+    # `connect`; a stop is `kill`, `die`, `stop` and a `disconnect`)
+    seconds: float  # wall time of all those windows together
+
+    @property
+    def per_event_ms(self) -> float:
+        return (self.start_cpu_ms + self.stop_cpu_ms) / self.events if self.events else 0.0
+
+
+@dataclass
 class Report:
     n: int
     singles: int
@@ -369,6 +445,9 @@ class Report:
     daemon_env: list[str]
     python: str
     samples: list[Sample] = field(default_factory=list)
+    cpu: CpuFigures | None = None
+    idle_cpu_ms_per_s: float | None = None  # at N, nothing happening but re-lists
+    idle_cpu_no_resync_ms_per_s: float | None = None  # at N, nothing happening at all
     notes: list[str] = field(default_factory=list)
 
 
@@ -409,13 +488,33 @@ def run(args: argparse.Namespace, fleet: RssFleet, tmp: Path, report: Report) ->
         time.sleep(args.settle + 1.5 * args.resync)  # at least one full re-list at N
         report.samples.append(sample(main.pid, f"N={len(expected)}", main.started))
 
+        if args.idle > 0 and args.resync > 0:
+            report.idle_cpu_ms_per_s = idle_cpu(main, args.idle, "re-listing")
+        if args.resync > 0:
+            # Re-lists are measured above; the singles below are about events alone.
+            main.set_resync(config_of(tmp, "lbsync"), 0)
+        if args.idle > 0:
+            report.idle_cpu_no_resync_ms_per_s = idle_cpu(main, args.idle, "no re-list")
         print(f"{args.singles} single starts and stops ...", file=sys.stderr, flush=True)
+        metrics_url = main.health_url.replace("/healthz", "/metrics")
+        events0 = events_received(metrics_url)
+        start_cpu = stop_cpu = 0.0
+        wall0 = time.monotonic()
         for backend in extra:
             one = frozenset({backend.port})
+            cpu0 = cpu_seconds(main.pid)
             docker("start", backend.cid)
             wait_until(main, holds(one, main), args.timeout, f"{backend.name} written")
+            cpu1 = cpu_seconds(main.pid)
             docker("stop", "-t", "10", backend.cid)
             wait_until(main, lacks(one, main), args.timeout, f"{backend.name} gone")
+            start_cpu += cpu1 - cpu0
+            stop_cpu += cpu_seconds(main.pid) - cpu1
+        if extra:
+            events = events_received(metrics_url) - events0
+            report.cpu = CpuFigures(
+                len(extra), start_cpu * 1000, stop_cpu * 1000, events, time.monotonic() - wall0
+            )
         time.sleep(args.settle)
         report.samples.append(sample(main.pid, "steady", main.started))
 
@@ -485,6 +584,28 @@ def summary(report: Report) -> str:
         if at_n:
             peak = max(s.hwm for s in report.samples)
             lines.append(f"peak {mb(peak)} MB (target <= {TARGET_RSS_MB:g} MB at 1,000)")
+    if report.idle_cpu_ms_per_s is not None:
+        lines.append(f"idle CPU at N: {report.idle_cpu_ms_per_s:.1f} ms per second with a "
+                     f"re-list every {report.resync:g} s")  # fmt: skip
+    if report.idle_cpu_no_resync_ms_per_s is not None:
+        lines.append(f"idle CPU at N: {report.idle_cpu_no_resync_ms_per_s:.1f} ms per second "
+                     "without re-lists (timers only)")  # fmt: skip
+    if report.cpu is not None:
+        cpu = report.cpu
+        per_start = cpu.start_cpu_ms / cpu.starts
+        lines.append(
+            f"CPU at N over {cpu.starts} single starts and stops: {per_start:.1f} ms per start,"
+            f" {cpu.stop_cpu_ms / cpu.starts:.1f} ms per stop; {cpu.events} engine "
+            f"events, {cpu.per_event_ms:.2f} ms per event (target <= {TARGET_CPU_MS:g} ms)"
+        )
+        idle = report.idle_cpu_no_resync_ms_per_s
+        if idle is not None and cpu.events:
+            timers = idle * cpu.seconds
+            net = (cpu.start_cpu_ms + cpu.stop_cpu_ms - timers) / cpu.events
+            lines.append(
+                f"  less its timers over those {cpu.seconds:.0f} s ({timers:.0f} ms at the idle "
+                f"rate): {net:.2f} ms per event"
+            )
     lines += report.notes
     return "\n".join(lines)
 
@@ -517,11 +638,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="The memory of the real `lbsync run` process against the lab engine.",
     )
     parser.add_argument("--n", type=int, default=1000, help="running backends (default 1000)")
-    parser.add_argument("--singles", type=int, default=10, help="single starts/stops (10)")
+    parser.add_argument("--singles", type=int, default=30, help="single starts/stops (30)")
     parser.add_argument(
         "--resync", type=float, default=10.0, help="docker.resync, seconds (default 10; 0: off)"
     )
     parser.add_argument("--settle", type=float, default=2.0, help="seconds before a sample")
+    parser.add_argument(
+        "--idle", type=float, default=20.0, help="seconds of idle CPU measured at N (20; 0: off)"
+    )
     parser.add_argument("--env-vars", type=int, default=0, help="extra env vars per backend")
     parser.add_argument(
         "--daemon-env",
