@@ -501,7 +501,7 @@ class Daemon:
         self.config_error = None
         self.debouncer.quiet = new.debounce.quiet
         self.debouncer.max_wait = new.debounce.max
-        self.watcher.resync = new.docker.resync
+        self.watcher.set_resync(new.docker.resync)
         self.watcher.set_discovery(new.discovery.swarm, new.discovery.label_prefix)
         setup_logging(new.log)
         log.info("config reloaded (%s): %d target(s)", reason, len(targets))

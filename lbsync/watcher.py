@@ -341,6 +341,15 @@ class Watcher:
             exc,
         )
 
+    def set_resync(self, seconds: float) -> None:
+        """A reloaded config's `docker.resync` (0: off), in effect at once: the session
+        starts over (lists now, then every `seconds`), rather than after the next event,
+        which an idle engine may not send for a long time."""
+        if seconds != self.resync:
+            self.resync = seconds
+            if self._queue is not None:
+                self._queue.put_nowait(StreamEnd(Resubscribe("docker.resync changed")))
+
     def set_discovery(self, swarm: SwarmMode | None, label_prefix: str) -> None:
         """A reloaded config: when the swarm settings changed, subscribe and list again."""
         unchanged = (swarm, label_prefix) == (self.swarm, self.label_prefix)

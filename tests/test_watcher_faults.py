@@ -288,7 +288,7 @@ async def test_a_resync_that_fails_part_way_still_announces_what_it_stored(
         await fake_client.close()
 
 
-async def test_resync_turned_off_by_a_config_reload_stops_relisting(
+async def test_resync_set_to_0_stops_relisting(
     engine: ScriptedEngine, fake_client: DockerClient
 ) -> None:
     engine.containers["a" * 64] = inspect_json("a" * 64, "web")
@@ -297,12 +297,32 @@ async def test_resync_turned_off_by_a_config_reload_stops_relisting(
     task = asyncio.create_task(watcher.run())
     try:
         await until(lambda: engine.inspects.count("a" * 64) >= 2)  # listed, then re-listed
-        watcher.resync = 0  # what Daemon.reload_config does with `resync: 0s`
+        # The follower reads the setting each time round (set_resync also starts over).
+        watcher.resync = 0
         await asyncio.sleep(0.15)  # a re-list already under way may finish
         after = len(engine.inspects)
         await asyncio.sleep(0.3)
         assert len(engine.inspects) == after  # was: a re-list after every re-list, forever
         assert watcher.connected and not task.done()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await fake_client.close()
+
+
+async def test_resync_turned_on_by_a_config_reload_applies_without_an_event(
+    engine: ScriptedEngine, fake_client: DockerClient
+) -> None:
+    engine.containers["a" * 64] = inspect_json("a" * 64, "web")
+    registry = Registry()
+    watcher = Watcher(fake_client, registry, lambda change: None, resync=0)
+    task = asyncio.create_task(watcher.run())
+    try:
+        await until(lambda: watcher.listed.is_set())
+        assert engine.inspects.count("a" * 64) == 1
+        watcher.set_resync(0.1)  # the engine is idle: no event will wake the follower
+        await until(lambda: engine.inspects.count("a" * 64) >= 3, timeout=2.0)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
