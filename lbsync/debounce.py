@@ -8,9 +8,11 @@ more pass after it.
 Sustained churn (a deploy starting 50 replicas over several seconds, with gaps longer than
 `quiet` between some of them) would otherwise cost a reload per gap; every reload starts new
 proxy workers while the old ones drain. So a change that comes within `max` of the last pass
-doubles the quiet window for its round, and so does each change of a round after its second
-(never beyond `max`); once the engine has been calm for `max` the window is back to `quiet`.
-A lone `docker run` (two changes) waits `quiet`; a burst costs a pass about every `max`.
+doubles the quiet window for its round, and so does a change that comes after more than half
+the round's window without one (the changes are slow enough for the window to close between
+two of them); never beyond `max`. Once the engine has been calm for `max` the window is
+back to `quiet`. A `docker run` (create, start) or a fast burst (`compose up`) waits `quiet`
+after its last change; slow churn costs a pass about every `max`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
-
-BURST_CHANGES = 2  # changes one round takes at `quiet` before it counts as a burst
 
 
 class Debouncer:
@@ -41,7 +41,6 @@ class Debouncer:
         self._last_pass_at = -math.inf  # when the last pass ended
         self._in_pass = False
         self.quiet_now = quiet  # this round's quiet window: `quiet`, doubled during churn
-        self._round_changes = 0  # changes in the round waiting for its pass
         self._event_times: list[int] = []
         self.passes = 0
 
@@ -50,15 +49,12 @@ class Debouncer:
         now = asyncio.get_running_loop().time()
         if not self._pending:
             self._first_at = now
-            self._round_changes = 0
             if self._in_pass or now - self._last_pass_at <= self.max_wait:
                 self.quiet_now = min(self.max_wait, max(self.quiet, self.quiet_now * 2))
             else:
                 self.quiet_now = self.quiet
-        self._round_changes += 1
-        if self._round_changes > BURST_CHANGES:
-            # A burst inside one round: `docker run` is two changes (create, start), so from
-            # the third on each change doubles the window, never beyond `max`.
+        elif now - self._last_at > self.quiet_now / 2:
+            # Slow churn inside one round: the next gap may well close the window.
             self.quiet_now = min(self.max_wait, self.quiet_now * 2)
         self._pending = True
         self._last_at = now

@@ -150,19 +150,34 @@ async def test_urgent_changes_ignore_the_doubled_window(recorder: Recorder) -> N
     assert recorder.passes[1][0] - start < 0.1
 
 
-async def test_a_burst_inside_one_round_widens_its_window(recorder: Recorder) -> None:
-    debouncer = Debouncer(recorder, quiet=0.05, max_wait=1.0)
+async def test_slow_changes_inside_one_round_widen_its_window(recorder: Recorder) -> None:
+    debouncer = Debouncer(recorder, quiet=0.1, max_wait=1.0)
     task = await _run(debouncer)
-    for i in range(4):  # a burst: from the third change on, each doubles the window
+    debouncer.poke(event_time_ns=1)
+    await asyncio.sleep(0.07)  # more than half the window: the next gap could close it
+    debouncer.poke(event_time_ns=2)
+    assert debouncer.quiet_now == pytest.approx(0.2)
+    await asyncio.sleep(0.15)  # longer than quiet, shorter than the widened window
+    debouncer.poke(event_time_ns=3)
+    await _wait_passes(recorder, 1)
+    await asyncio.sleep(0.5)
+    task.cancel()
+    assert [times for _, times in recorder.passes] == [[1, 2, 3]]
+
+
+async def test_a_fast_burst_waits_only_quiet_after_its_last_change(recorder: Recorder) -> None:
+    # `docker compose up` of ten services: changes a few ms apart, then nothing.
+    debouncer = Debouncer(recorder, quiet=0.1, max_wait=1.0)
+    task = await _run(debouncer)
+    for i in range(10):
         debouncer.poke(event_time_ns=i + 1)
         await asyncio.sleep(0.005)
-    assert debouncer.quiet_now == pytest.approx(0.2)
-    await asyncio.sleep(0.1)  # longer than quiet, shorter than the widened window
-    debouncer.poke(event_time_ns=5)
+    last = asyncio.get_running_loop().time()
     await _wait_passes(recorder, 1)
-    await asyncio.sleep(0.3)
     task.cancel()
-    assert [times for _, times in recorder.passes] == [[1, 2, 3, 4, 5]]
+    assert debouncer.quiet_now == pytest.approx(0.1)
+    assert recorder.passes[0][0] - last < 0.18  # not max (1 s)
+    assert [times for _, times in recorder.passes] == [list(range(1, 11))]
 
 
 async def test_two_changes_still_wait_only_quiet(recorder: Recorder) -> None:
