@@ -31,7 +31,7 @@ are skipped as `unsupported_host`, from env vars and labels alike.
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
@@ -361,7 +361,23 @@ def parse_services(container: Container, discovery: DiscoveryConfig) -> ParsedCo
 
 
 _PARSE_CACHE: dict[Hashable, ParsedContainer] = {}
-_PARSE_CACHE_MAX = 65536
+_PARSE_CACHE_MAX = 65536  # a last bound; a registry trims it long before (trim_parse_memo)
+
+
+def parse_memo_size() -> int:
+    return len(_PARSE_CACHE)
+
+
+def trim_parse_memo(in_use: Iterable[ParsedContainer]) -> None:
+    """Forget the memoized results no container has any more.
+
+    Hosts come and go (preview environments, one host per CI run): without this the memo
+    would keep every label set the daemon ever saw, up to its last bound.
+    """
+    keep = {id(parsed) for parsed in in_use}
+    for key in [key for key, parsed in _PARSE_CACHE.items() if id(parsed) not in keep]:
+        del _PARSE_CACHE[key]
+    _HOST_CACHE.clear()  # raw host values, for new parses only: cheap to fill again
 
 
 def _parse(

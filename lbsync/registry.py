@@ -11,11 +11,14 @@ import dataclasses
 from collections.abc import Iterable
 
 from lbsync.config import DiscoveryConfig
+from lbsync.labels import parse_memo_size, trim_parse_memo
 from lbsync.model import Container
 from lbsync.routing import ParsedEntry, parse_entry
 
 #: The state a container is shown in between a terminating signal and its `die`.
 STOPPING = "stopping"
+#: Label sets the parse memo may hold beyond twice the registry's before it is trimmed.
+PARSE_MEMO_SLACK = 256
 
 
 def is_serving(container: Container | None) -> bool:
@@ -160,4 +163,6 @@ class Registry:
             else:
                 cache[cid] = parse_entry(container, discovery, cache.get(cid))
         self._stale = set()
+        if parse_memo_size() > 2 * len(cache) + PARSE_MEMO_SLACK:
+            trim_parse_memo(entry.parsed for entry in cache.values())
         return list(cache.values())

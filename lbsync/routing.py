@@ -417,7 +417,7 @@ def _settle(key: _GroupKey, members: tuple[_Member, ...], resort: bool) -> _Grou
     return _Group(members, decider, tuple(servers), warning)
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=4096)  # a miss costs a few microseconds; bounded memory
 def _derived_name(host: str, path: str) -> str:
     """`derived_upstream_name`, remembered: the incremental path names groups often."""
     return derived_upstream_name(host, path)

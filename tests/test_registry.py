@@ -7,10 +7,11 @@ from types import MappingProxyType
 
 import pytest
 
+from lbsync import labels as labels_memo
 from lbsync.config import DiscoveryConfig
 from lbsync.docker_api import Event
 from lbsync.model import Container
-from lbsync.registry import STOPPING, Registry, is_serving
+from lbsync.registry import PARSE_MEMO_SLACK, STOPPING, Registry, is_serving
 from lbsync.watcher import Watcher, is_terminating_kill, signal_name
 
 
@@ -163,3 +164,27 @@ def test_entries_keep_the_objects_of_unchanged_containers() -> None:
 )
 def test_which_events_name_a_container(event: Event, expected: str | None) -> None:
     assert Watcher._container_of(event) == expected
+
+
+def test_hosts_that_came_and_went_leave_the_parse_memo() -> None:
+    # One host per short-lived container (preview environments): the memo follows what the
+    # registry holds, not every label set it ever saw.
+    registry = Registry()
+    discovery = DiscoveryConfig()
+    labels_memo.trim_parse_memo([])  # other tests' leftovers
+    for i in range(3 * PARSE_MEMO_SLACK):
+        cid = f"{i:064x}"
+        labels = {"lbsync.enable": "true", "lbsync.host": f"pr-{i}.test", "lbsync.port": "80"}
+        registry.upsert(make(cid, labels=MappingProxyType(labels)))
+        registry.remove(f"{i - 1:064x}")
+        [entry] = registry.entries(discovery)
+        assert entry.parsed.services[0].hosts == (f"pr-{i}.test",)
+        assert labels_memo.parse_memo_size() <= 2 * len(registry) + PARSE_MEMO_SLACK + 1
+
+
+def test_replicas_share_one_parse() -> None:
+    registry = Registry()
+    for i in range(3):
+        registry.upsert(make(f"{i:064x}"))
+    parsed = {id(entry.parsed) for entry in registry.entries(DiscoveryConfig())}
+    assert len(parsed) == 1
