@@ -387,6 +387,9 @@ class Watcher:
                     task.cancel()
                 self._inflight.clear()
                 self._dirty.clear()
+                # Their inspects were cancelled; the next listing re-reads those containers,
+                # and a later event must not carry a time from before the outage.
+                self._event_ns.clear()
 
     # -- listing --
 

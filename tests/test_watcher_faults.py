@@ -328,3 +328,36 @@ async def test_resync_turned_on_by_a_config_reload_applies_without_an_event(
         with pytest.raises(asyncio.CancelledError):
             await task
         await fake_client.close()
+
+
+def timed_line(action: str, container_id: str, time_nano: int) -> bytes:
+    event = json.loads(event_line(action, container_id))
+    event["time"], event["timeNano"] = time_nano // 1_000_000_000, time_nano
+    return json.dumps(event).encode() + b"\n"
+
+
+async def test_an_event_cut_off_by_a_reconnect_does_not_date_a_later_change(
+    engine: ScriptedEngine, start_watcher: Callable[[], Running]
+) -> None:
+    cid = "a" * 64
+    before, after = 1_700_000_000_000_000_000, 1_700_000_060_000_000_000
+    engine.containers[cid] = inspect_json(cid, "web")
+    restarted = inspect_json(cid, "web")
+    restarted["State"]["StartedAt"] = "2026-11-28T06:00:00Z"
+
+    async def inspect(request: web.Request) -> web.StreamResponse:
+        engine.inspects.append(cid)
+        # 1: the first listing; 2: the event before the cut (still running at the cut);
+        # 3: the listing after the reconnect; 4: the event after it, a new run by then.
+        if len(engine.inspects) == 2:
+            await asyncio.sleep(0.2)
+        return web.json_response(restarted if len(engine.inspects) >= 4 else engine.containers[cid])
+
+    engine.fake.prefix_route("GET", "/containers/", inspect)
+    engine.scripts = [
+        [timed_line("start", cid, before), CUT],
+        [timed_line("start", cid, after), HANG],
+    ]
+    running = start_watcher()
+    await until(lambda: any(c.event_time_ns for c in running.changes), timeout=5.0)
+    assert [c.event_time_ns for c in running.changes if c.event_time_ns] == [after]
