@@ -17,7 +17,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from lbsync.haproxy import (
 from lbsync.labels import parse_services
 from lbsync.logs import current_pass, current_target, setup_logging
 from lbsync.metrics import Metrics
-from lbsync.model import Container, RoutingModel
+from lbsync.model import Container, RoutingModel, Upstream
 from lbsync.proxy import CheckFailed, ReloadFailed, check, reload
 from lbsync.registry import Registry
 from lbsync.render import CompiledTemplate, FragmentCache, TemplateError, load_template, render
@@ -633,6 +633,10 @@ def _describe_proxy(target: TargetConfig) -> str:
     return f"pid file {proxy.pid_file}"
 
 
+def _server_labels(upstream: Upstream) -> Iterator[str]:
+    return (f"{upstream.name}/{s.container.name}:{s.port}" for s in upstream.servers)
+
+
 def _describe_change(before: RoutingModel | None, after: RoutingModel) -> str:
     """`hosts +a.test -b.test; servers +web-2 -web-1`, or what is now served on a first pass."""
     if before is None:
@@ -647,11 +651,11 @@ def _describe_change(before: RoutingModel | None, after: RoutingModel) -> str:
         old = old_upstreams.pop(u.name, None)
         if old is u:
             continue
-        new_servers.update(f"{u.name}/{s.container.name}:{s.port}" for s in u.servers)
+        new_servers.update(_server_labels(u))
         if old is not None:
-            old_servers.update(f"{old.name}/{s.container.name}:{s.port}" for s in old.servers)
+            old_servers.update(_server_labels(old))
     for old in old_upstreams.values():
-        old_servers.update(f"{old.name}/{s.container.name}:{s.port}" for s in old.servers)
+        old_servers.update(_server_labels(old))
     parts = []
     for label, was, now in (
         ("hosts", old_hosts, new_hosts),

@@ -1,0 +1,35 @@
+"""The one-line summary of a routing change that each reload logs (and /status shows)."""
+
+from __future__ import annotations
+
+from lbsync.daemon import _describe_change
+from tests.model_builders import host, model, srv, ups
+
+
+def test_first_pass_counts_what_is_served() -> None:
+    web = ups("web", srv("127.0.0.1", 8081, name="web-1"), srv("127.0.0.1", 8082, name="web-2"))
+    assert _describe_change(None, model(host("a.test", ("/", web)))) == "1 hosts, 2 servers"
+
+
+def test_hosts_and_servers_in_and_out() -> None:
+    web1 = srv("127.0.0.1", 8081, name="web-1")
+    web2 = srv("127.0.0.1", 8082, name="web-2")
+    api = ups("api", srv("127.0.0.1", 9000, name="api-1"))
+    before = model(host("a.test", ("/", ups("web", web1))), host("b.test", ("/", api)))
+    after = model(host("a.test", ("/", ups("web", web2))), host("c.test", ("/", api)))
+    assert _describe_change(before, after) == (
+        "hosts +c.test -b.test; servers +web/web-2:8082 -web/web-1:8081"
+    )
+
+
+def test_an_upstream_that_went_away_lists_its_servers() -> None:
+    web = ups("web", srv("127.0.0.1", 8081, name="web-1"))
+    api = ups("api", srv("127.0.0.1", 9000, name="api-1"))
+    before = model(host("a.test", ("/", web), ("/api", api)))
+    after = model(host("a.test", ("/", web)))
+    assert _describe_change(before, after) == "servers -api/api-1:9000"
+
+
+def test_the_same_model_is_no_routing_change() -> None:
+    m = model(host("a.test", ("/", ups("web", srv("127.0.0.1", 8081)))))
+    assert _describe_change(m, m) == "no routing change"
