@@ -19,8 +19,10 @@ import signal
 import time
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import is_not
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tenacity
 from prometheus_client import Counter
@@ -633,6 +635,22 @@ def _describe_proxy(target: TargetConfig) -> str:
     return f"pid file {proxy.pid_file}"
 
 
+T = TypeVar("T")
+
+
+def _differing(before: tuple[T, ...], after: tuple[T, ...]) -> tuple[list[T], list[T]]:
+    """The items of each that are not the very object found in the other.
+
+    Same lengths: position by position (in C). Whatever lies outside the differing positions
+    is in both, so differences computed on what is left are the whole differences.
+    """
+    if len(before) == len(after):
+        moved = list(compress(range(len(after)), map(is_not, before, after)))
+        return [before[i] for i in moved], [after[i] for i in moved]
+    old_ids, new_ids = {id(x) for x in before}, {id(x) for x in after}
+    return [x for x in before if id(x) not in new_ids], [x for x in after if id(x) not in old_ids]
+
+
 def _server_labels(upstream: Upstream) -> Iterator[str]:
     return (f"{upstream.name}/{s.container.name}:{s.port}" for s in upstream.servers)
 
@@ -641,21 +659,14 @@ def _describe_change(before: RoutingModel | None, after: RoutingModel) -> str:
     """`hosts +a.test -b.test; servers +web-2 -web-1`, or what is now served on a first pass."""
     if before is None:
         return f"{len(after.hosts)} hosts, {sum(len(u.servers) for u in after.upstreams)} servers"
-    old_hosts = {h.name for h in before.hosts}
-    new_hosts = {h.name for h in after.hosts}
-    # Unchanged upstreams are the same objects (ModelBuilder): only the others are compared.
-    old_upstreams = {u.name: u for u in before.upstreams}
-    old_servers: set[str] = set()
-    new_servers: set[str] = set()
-    for u in after.upstreams:
-        old = old_upstreams.pop(u.name, None)
-        if old is u:
-            continue
-        new_servers.update(_server_labels(u))
-        if old is not None:
-            old_servers.update(_server_labels(old))
-    for old in old_upstreams.values():
-        old_servers.update(_server_labels(old))
+    # Unchanged hosts and upstreams are the same objects (ModelBuilder): only the others are
+    # compared, and at 1,000 hosts a change touches a handful.
+    old_host_items, new_host_items = _differing(before.hosts, after.hosts)
+    old_hosts = {h.name for h in old_host_items}
+    new_hosts = {h.name for h in new_host_items}
+    old_upstreams, new_upstreams = _differing(before.upstreams, after.upstreams)
+    old_servers = {label for u in old_upstreams for label in _server_labels(u)}
+    new_servers = {label for u in new_upstreams for label in _server_labels(u)}
     parts = []
     for label, was, now in (
         ("hosts", old_hosts, new_hosts),

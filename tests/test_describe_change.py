@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lbsync.daemon import _describe_change
+from lbsync.model import RoutingModel
 from tests.model_builders import host, model, srv, ups
 
 
@@ -33,3 +34,19 @@ def test_an_upstream_that_went_away_lists_its_servers() -> None:
 def test_the_same_model_is_no_routing_change() -> None:
     m = model(host("a.test", ("/", ups("web", srv("127.0.0.1", 8081)))))
     assert _describe_change(m, m) == "no routing change"
+
+
+def test_only_what_changed_whatever_the_positions() -> None:
+    upstream = {n: ups(n, srv("127.0.0.1", 8000 + i, name=f"{n}-1")) for i, n in enumerate("abcd")}
+    hosts = {n: host(f"{n}.test", ("/", upstream[n])) for n in "abcd"}
+
+    def of(names: str) -> RoutingModel:
+        return model(*(hosts[n] for n in names))  # the same objects, as a ModelBuilder keeps
+
+    # One out, one in: every position moves, the lengths stay.
+    assert (
+        _describe_change(of("abc"), of("bcd"))
+        == "hosts +d.test -a.test; servers +d/d-1:8003 -a/a-1:8000"
+    )
+    assert _describe_change(of("ab"), of("abc")) == "hosts +c.test; servers +c/c-1:8002"
+    assert _describe_change(of("abc"), of("ac")) == "hosts -b.test; servers -b/b-1:8001"
