@@ -255,7 +255,7 @@ class Daemon:
                 state.last_error = str(exc)
                 return False
             data = text.encode()
-            del text  # before the comparison below: one copy of the file at a time
+            del text  # freed now, not at the end of the pass: the bytes are the copy kept
             if state.on_disk is not None and data == state.on_disk:
                 data = state.on_disk  # one object for both, not two equal copies
             state.rendered, state.rendered_data = inputs, data
