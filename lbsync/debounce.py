@@ -10,9 +10,12 @@ Sustained churn (a deploy starting 50 replicas over several seconds, with gaps l
 proxy workers while the old ones drain. So a change that comes within `max` of the last pass
 doubles the quiet window for its round, and so does a change that comes after more than half
 the round's window without one (the changes are slow enough for the window to close between
-two of them); never beyond `max`. Once the engine has been calm for `max` the window is
-back to `quiet`. A `docker run` (create, start) or a fast burst (`compose up`) waits `quiet`
-after its last change; slow churn costs a pass about every `max`.
+two of them); never beyond `max`. A round's third and later changes double it too, up to
+BURST_WINDOW times `quiet`: a burst that has begun is likely to go on, and its first pass
+should not come at its first pause. Once the engine has been calm for `max` the window is
+back to `quiet`. A `docker run` (create, start) waits `quiet`; a fast burst (`compose up`)
+waits at most BURST_WINDOW times `quiet` after its last change; slow churn costs a pass
+about every `max`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
+
+BURST_CHANGES = 2  # changes a round takes at `quiet`: `docker run` is create + start
+BURST_WINDOW = 4  # how far (times `quiet`) the count of a round's changes widens its window
 
 
 class Debouncer:
@@ -41,6 +47,7 @@ class Debouncer:
         self._last_pass_at = -math.inf  # when the last pass ended
         self._in_pass = False
         self.quiet_now = quiet  # this round's quiet window: `quiet`, doubled during churn
+        self._round_changes = 0  # changes in the round waiting for its pass
         self._event_times: list[int] = []
         self.passes = 0
 
@@ -49,6 +56,7 @@ class Debouncer:
         now = asyncio.get_running_loop().time()
         if not self._pending:
             self._first_at = now
+            self._round_changes = 0
             if self._in_pass or now - self._last_pass_at <= self.max_wait:
                 self.quiet_now = min(self.max_wait, max(self.quiet, self.quiet_now * 2))
             else:
@@ -56,6 +64,9 @@ class Debouncer:
         elif now - self._last_at > self.quiet_now / 2:
             # Slow churn inside one round: the next gap may well close the window.
             self.quiet_now = min(self.max_wait, self.quiet_now * 2)
+        elif self._round_changes >= BURST_CHANGES and self.quiet_now < BURST_WINDOW * self.quiet:
+            self.quiet_now = min(self.max_wait, self.quiet_now * 2)
+        self._round_changes += 1
         self._pending = True
         self._last_at = now
         self._urgent = self._urgent or urgent
