@@ -112,13 +112,13 @@ class Running:
 @pytest.fixture
 async def start_watcher(
     fake_client: DockerClient,
-) -> AsyncIterator[Callable[[], Running]]:
+) -> AsyncIterator[Callable[..., Running]]:
     started: list[Running] = []
 
-    def start() -> Running:
+    def start(resync: float = 0) -> Running:
         registry = Registry()
         changes: list[Change] = []
-        watcher = Watcher(fake_client, registry, changes.append, resync=0, retry_max_wait=0.05)
+        watcher = Watcher(fake_client, registry, changes.append, resync=resync, retry_max_wait=0.05)
         running = Running(watcher, registry, changes, asyncio.create_task(watcher.run()))
         started.append(running)
         return running
@@ -142,7 +142,7 @@ def names(registry: Registry) -> set[str]:
 
 
 async def test_cut_mid_line_reconnects_and_catches_up(
-    engine: ScriptedEngine, start_watcher: Callable[[], Running]
+    engine: ScriptedEngine, start_watcher: Callable[..., Running]
 ) -> None:
     engine.containers["a" * 64] = inspect_json("a" * 64, "first")
     engine.scripts = [[b'{"Type": "container", "Act', CUT]]
@@ -155,7 +155,7 @@ async def test_cut_mid_line_reconnects_and_catches_up(
 
 
 async def test_gap_is_reconciled_on_reconnect(
-    engine: ScriptedEngine, start_watcher: Callable[[], Running]
+    engine: ScriptedEngine, start_watcher: Callable[..., Running]
 ) -> None:
     engine.containers["a" * 64] = inspect_json("a" * 64, "old")
     gate = asyncio.Event()
@@ -184,7 +184,7 @@ async def test_gap_is_reconciled_on_reconnect(
 
 
 async def test_garbage_line_is_survived(
-    engine: ScriptedEngine, start_watcher: Callable[[], Running]
+    engine: ScriptedEngine, start_watcher: Callable[..., Running]
 ) -> None:
     engine.containers["a" * 64] = inspect_json("a" * 64, "web")
     engine.containers["b" * 64] = inspect_json("b" * 64, "api")
@@ -198,7 +198,7 @@ async def test_garbage_line_is_survived(
 
 
 async def test_unknown_types_and_actions_are_ignored(
-    engine: ScriptedEngine, start_watcher: Callable[[], Running]
+    engine: ScriptedEngine, start_watcher: Callable[..., Running]
 ) -> None:
     engine.containers["a" * 64] = inspect_json("a" * 64, "web")
     odd = [
@@ -217,7 +217,7 @@ async def test_unknown_types_and_actions_are_ignored(
 
 
 async def test_500_on_events_is_retried_with_backoff(
-    engine: ScriptedEngine, start_watcher: Callable[[], Running]
+    engine: ScriptedEngine, start_watcher: Callable[..., Running]
 ) -> None:
     engine.containers["a" * 64] = inspect_json("a" * 64, "web")
     engine.scripts = [500, 500, 503, [HANG]]
@@ -228,7 +228,7 @@ async def test_500_on_events_is_retried_with_backoff(
 
 
 async def test_inspect_404_for_a_vanished_container(
-    engine: ScriptedEngine, start_watcher: Callable[[], Running]
+    engine: ScriptedEngine, start_watcher: Callable[..., Running]
 ) -> None:
     engine.scripts = [[event_line("start", "d" * 64), HANG]]
     running = start_watcher()
@@ -239,7 +239,7 @@ async def test_inspect_404_for_a_vanished_container(
 
 
 async def test_slow_engine_still_converges(
-    engine: ScriptedEngine, start_watcher: Callable[[], Running]
+    engine: ScriptedEngine, start_watcher: Callable[..., Running]
 ) -> None:
     engine.inspect_delay = 0.3
     engine.containers["a" * 64] = inspect_json("a" * 64, "web")
@@ -252,7 +252,7 @@ async def test_slow_engine_still_converges(
 
 
 async def test_a_resync_that_fails_part_way_still_announces_what_it_stored(
-    engine: ScriptedEngine, fake_client: DockerClient
+    engine: ScriptedEngine, start_watcher: Callable[..., Running]
 ) -> None:
     engine.containers["a" * 64] = inspect_json("a" * 64, "web")
     engine.containers["b" * 64] = inspect_json("b" * 64, "api")
@@ -266,68 +266,44 @@ async def test_a_resync_that_fails_part_way_still_announces_what_it_stored(
         return await engine._inspect(request)
 
     engine.fake.prefix_route("GET", "/containers/", inspect)
-    registry = Registry()
-    changes: list[Change] = []
-    watcher = Watcher(fake_client, registry, changes.append, resync=0.2, retry_max_wait=0.05)
-    task = asyncio.create_task(watcher.run())
-    try:
-        await until(lambda: watcher.listed.is_set() and names(registry) == {"web", "api"})
-        listed_changes = len(changes)
-        # Before the next resync: one container renamed, and one whose inspect always fails.
-        engine.containers["a" * 64] = inspect_json("a" * 64, "web2")
-        engine.containers[broken] = inspect_json(broken, "flaky")
-        await until(lambda: names(registry) == {"web2", "api"}, timeout=3.0)
-        # The listing failed, and every retry will too (and find web2 unchanged): the
-        # rename was stored, so it must have been announced at once.
-        await until(lambda: len(changes) > listed_changes, timeout=1.0)
-        assert changes[-1].reason == "resync"
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await fake_client.close()
+    running = start_watcher(resync=0.2)
+    registry, changes = running.registry, running.changes
+    await until(lambda: running.watcher.listed.is_set() and names(registry) == {"web", "api"})
+    listed_changes = len(changes)
+    # Before the next resync: one container renamed, and one whose inspect always fails.
+    engine.containers["a" * 64] = inspect_json("a" * 64, "web2")
+    engine.containers[broken] = inspect_json(broken, "flaky")
+    await until(lambda: names(registry) == {"web2", "api"}, timeout=3.0)
+    # The listing failed, and every retry will too (and find web2 unchanged): the rename
+    # was stored, so it must have been announced at once.
+    await until(lambda: len(changes) > listed_changes, timeout=1.0)
+    assert changes[-1].reason == "resync"
 
 
 async def test_resync_set_to_0_stops_relisting(
-    engine: ScriptedEngine, fake_client: DockerClient
+    engine: ScriptedEngine, start_watcher: Callable[..., Running]
 ) -> None:
     engine.containers["a" * 64] = inspect_json("a" * 64, "web")
-    registry = Registry()
-    watcher = Watcher(fake_client, registry, lambda change: None, resync=0.1)
-    task = asyncio.create_task(watcher.run())
-    try:
-        await until(lambda: engine.inspects.count("a" * 64) >= 2)  # listed, then re-listed
-        # The follower reads the setting each time round (set_resync also starts over).
-        watcher.resync = 0
-        await asyncio.sleep(0.15)  # a re-list already under way may finish
-        after = len(engine.inspects)
-        await asyncio.sleep(0.3)
-        assert len(engine.inspects) == after  # was: a re-list after every re-list, forever
-        assert watcher.connected and not task.done()
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await fake_client.close()
+    running = start_watcher(resync=0.1)
+    await until(lambda: engine.inspects.count("a" * 64) >= 2)  # listed, then re-listed
+    # The follower reads the setting each time round (set_resync also starts over).
+    running.watcher.resync = 0
+    await asyncio.sleep(0.15)  # a re-list already under way may finish
+    after = len(engine.inspects)
+    await asyncio.sleep(0.3)
+    assert len(engine.inspects) == after  # was: a re-list after every re-list, forever
+    assert running.watcher.connected and not running.task.done()
 
 
 async def test_resync_turned_on_by_a_config_reload_applies_without_an_event(
-    engine: ScriptedEngine, fake_client: DockerClient
+    engine: ScriptedEngine, start_watcher: Callable[..., Running]
 ) -> None:
     engine.containers["a" * 64] = inspect_json("a" * 64, "web")
-    registry = Registry()
-    watcher = Watcher(fake_client, registry, lambda change: None, resync=0)
-    task = asyncio.create_task(watcher.run())
-    try:
-        await until(lambda: watcher.listed.is_set())
-        assert engine.inspects.count("a" * 64) == 1
-        watcher.set_resync(0.1)  # the engine is idle: no event will wake the follower
-        await until(lambda: engine.inspects.count("a" * 64) >= 3, timeout=2.0)
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await fake_client.close()
+    running = start_watcher(resync=0)
+    await until(lambda: running.watcher.listed.is_set())
+    assert engine.inspects.count("a" * 64) == 1
+    running.watcher.set_resync(0.1)  # the engine is idle: no event will wake the follower
+    await until(lambda: engine.inspects.count("a" * 64) >= 3, timeout=2.0)
 
 
 def timed_line(action: str, container_id: str, time_nano: int) -> bytes:
@@ -337,7 +313,7 @@ def timed_line(action: str, container_id: str, time_nano: int) -> bytes:
 
 
 async def test_an_event_cut_off_by_a_reconnect_does_not_date_a_later_change(
-    engine: ScriptedEngine, start_watcher: Callable[[], Running]
+    engine: ScriptedEngine, start_watcher: Callable[..., Running]
 ) -> None:
     cid = "a" * 64
     before, after = 1_700_000_000_000_000_000, 1_700_000_060_000_000_000
