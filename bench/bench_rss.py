@@ -1,4 +1,4 @@
-"""The memory of the real `lbsync run` process at N running containers, against the lab engine.
+"""Memory and CPU of the real `lbsync run` process at N running containers, on the lab engine.
 
     python -m bench.bench_rss [--n 1000] [--singles 30] [--resync 10] [--idle 20]
                               [--image IMAGE]
@@ -635,7 +635,7 @@ def image_python(image: str) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.bench_rss",
-        description="The memory of the real `lbsync run` process against the lab engine.",
+        description="Memory and CPU of the real `lbsync run` process on the lab engine.",
     )
     parser.add_argument("--n", type=int, default=1000, help="running backends (default 1000)")
     parser.add_argument("--singles", type=int, default=30, help="single starts/stops (30)")
