@@ -25,6 +25,7 @@ from lbsync.routing import build_model
 from lbsync.selection import find_proxies
 from lbsync.watcher import (
     CONTAINER_ACTIONS,
+    CONTAINER_EVENTS,
     REMOVED_ACTIONS,
     StreamEnd,
     Watcher,
@@ -100,7 +101,7 @@ async def follow_events(config: Config, out: TextIO = sys.stdout) -> None:
     """`lbsync events`: follow container events until interrupted."""
     async with (
         client_for(config) as client,
-        subscribed_events(client, filters={"type": ["container"]}) as queue,
+        subscribed_events(client, filters=CONTAINER_EVENTS) as queue,
     ):
         while True:
             item = await queue.get()

@@ -103,12 +103,29 @@ PODMAN_HEALTH_RECHECK = 0.5  # seconds after a Podman health_status event
 #: container in one of them changes nothing a pass reads.
 SETTLED_STATES = frozenset({"created", "exited", "dead"})
 HEALTH_STATUSES = frozenset({"healthy", "unhealthy", "starting"})
-WATCHED_TYPES: Mapping[str, Sequence[str]] = {"type": ["container", "network"]}
-SWARM_WATCHED_TYPES: Mapping[str, Sequence[str]] = {
-    "type": ["container", "network", "service", "node"]
-}
 SERVICE_ACTIONS = frozenset({"create", "update", "remove"})
 NODE_ACTIONS = frozenset({"create", "update", "remove"})
+#: The engine sends only the actions lbsync reads. A health check alone would otherwise send
+#: three exec_* events per probe of every container (at 1,000 containers probed every 30 s,
+#: 100 a second), each a wake-up and a parse for nothing. `died` is how Podman's filter names
+#: `die` (its events still say `die`). With `health_status` in the list Docker matches every
+#: value as a prefix, so `health_status: healthy` passes. Events are checked against
+#: CONTAINER_ACTIONS on arrival too: an engine that ignores the filter loses nothing.
+PODMAN_FILTER_ACTIONS = frozenset({"died"})
+CONTAINER_EVENTS: Mapping[str, Sequence[str]] = {
+    "type": ["container"],
+    "event": sorted(CONTAINER_ACTIONS | PODMAN_FILTER_ACTIONS),
+}
+WATCHED_EVENTS: Mapping[str, Sequence[str]] = {
+    "type": ["container", "network"],
+    "event": sorted(CONTAINER_ACTIONS | NETWORK_ACTIONS | PODMAN_FILTER_ACTIONS),
+}
+SWARM_WATCHED_EVENTS: Mapping[str, Sequence[str]] = {
+    "type": ["container", "network", "service", "node"],
+    "event": sorted(
+        CONTAINER_ACTIONS | NETWORK_ACTIONS | SERVICE_ACTIONS | NODE_ACTIONS | PODMAN_FILTER_ACTIONS
+    ),
+}
 #: Tasks swarm wants running; its history (up to 5 old tasks per slot) and the tasks it is
 #: stopping are left out, so a task leaves the pool as soon as swarm decides to stop it.
 CURRENT_TASKS: Mapping[str, Sequence[str]] = {"desired-state": ["running"]}
@@ -365,7 +382,7 @@ class Watcher:
         if self._last_event_ns is not None:
             seconds, nanos = divmod(self._last_event_ns, 1_000_000_000)
             since = f"{seconds}.{nanos:09d}"
-        filters = WATCHED_TYPES if self.swarm is None else SWARM_WATCHED_TYPES
+        filters = WATCHED_EVENTS if self.swarm is None else SWARM_WATCHED_EVENTS
         async with subscribed_events(self.client, since=since, filters=filters) as queue:
             self._queue = queue
             try:

@@ -28,7 +28,8 @@ from lbsync.docker_api import (
     NotFound,
     parse_version,
 )
-from tests.lab import TEST_LABEL, Lab, free_port, try_http_get, wait_for
+from lbsync.watcher import WATCHED_EVENTS
+from tests.lab import TEST_LABEL, Lab, docker, free_port, try_http_get, wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -83,6 +84,7 @@ class EventReader:
     def __init__(self, client: DockerClient, *, since: str | None, filters: Filters) -> None:
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.seen: list[Event] = []
+        self.skipped: list[Event] = []  # exec_* events `expect` passed over
         self._client = client
         self._since = since
         self._filters = filters
@@ -101,8 +103,11 @@ class EventReader:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
 
-    async def expect(self, action: str, timeout: float = EVENT_DEADLINE) -> Event:
-        """The next event with ``action`` (exec_* skipped, others recorded in ``seen``)."""
+    async def expect(
+        self, action: str, timeout: float = EVENT_DEADLINE, *, actor: str | None = None
+    ) -> Event:
+        """The next event with ``action`` (exec_* skipped, others recorded in ``seen``), of
+        the container ``actor`` when given (``since`` may replay earlier tests' events)."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -117,9 +122,10 @@ class EventReader:
             except TimeoutError:
                 continue
             if is_exec(event):
+                self.skipped.append(event)
                 continue
             self.seen.append(event)
-            if event.action == action:
+            if event.action == action and actor in (None, event.actor_id):
                 return event
 
     @property
@@ -247,6 +253,47 @@ async def test_events_follow_a_container_lifecycle(lab: Lab, engine: DockerClien
 
     assert all(event.actor_id == cid for event in reader.seen)
     assert reader.actions == ["create", "start", "health_status: healthy", "kill", "die", "stop"]
+
+
+async def test_watched_events_leave_out_probes_and_keep_what_lbsync_reads(
+    lab: Lab, engine: DockerClient
+) -> None:
+    """lbsync's subscription (WATCHED_EVENTS) against a subscription by type alone, side by
+    side: the engine sends the same life of a health-checked container minus the exec_* of
+    its probes; `health_status: healthy` still passes (the filter's prefix match), so do the
+    network events (they carry no container labels, so the two are matched by id here)."""
+    port = free_port()
+    since = f"{time.time() - 1:.9f}"
+    everything = {"type": ["container", "network"]}
+    async with (
+        reading_events(engine, since=since, filters=WATCHED_EVENTS) as watched,
+        reading_events(engine, since=since, filters=everything) as control,
+    ):
+        cid = await asyncio.to_thread(lab.run_backend, port, health=True)
+        for reader in (watched, control):
+            await reader.expect("health_status: healthy", actor=cid)
+        await asyncio.to_thread(docker, "rename", cid, f"lbsync-test-{secrets.token_hex(4)}")
+        await asyncio.to_thread(lab.stop, cid)
+        await asyncio.to_thread(lab.remove, cid)
+        for reader in (watched, control):
+            await reader.expect("destroy", actor=cid)
+        probes = [e for e in control.skipped if e.actor_id == cid]
+
+    def life(reader: EventReader) -> list[tuple[str, str]]:
+        return [
+            (e.type, e.action)
+            for e in reader.seen
+            if e.actor_id == cid or e.attributes.get("container") == cid
+        ]
+
+    assert probes, "the health check ran no exec: the control shows nothing filtered"
+    assert not [e for e in watched.skipped if e.actor_id == cid]
+    assert life(watched) == life(control)
+    assert ("container", "health_status: healthy") in life(watched)
+    assert ("network", "connect") in life(watched)
+    assert ("network", "disconnect") in life(watched)
+    assert [a for t, a in life(watched) if t == "container"][:2] == ["create", "start"]
+    assert {"rename", "kill", "die", "stop", "destroy"} <= {a for _, a in life(watched)}
 
 
 async def test_events_since_until_replay_then_end(lab: Lab, engine: DockerClient) -> None:
