@@ -30,6 +30,7 @@ from prometheus_client import Counter
 from lbsync.config import Config, ConfigError, TargetConfig, load_config
 from lbsync.debounce import Debouncer
 from lbsync.docker_api import ApiVersionTooOld, DockerClient, Event, PermissionDenied
+from lbsync.filewatch import open_change_signal
 from lbsync.haproxy import (
     HAProxySocketError,
     SlotTable,
@@ -59,7 +60,12 @@ RETRY_PASS_MIN = 1.0
 RETRY_PASS_MAX = 30.0
 SHUTDOWN_GRACE = 30.0
 RECENT_CHANGES = 50
-FILE_POLL_INTERVAL = 1.0  # stat() of a few files a second: simpler than inotify, as prompt
+#: The config file and templates: stat() a second where there is no inotify; with inotify,
+#: after each of its wake-ups (FILE_SETTLE later) and every FILE_POLL_FALLBACK seconds for
+#: filesystems that send no events (NFS, FUSE, Docker Desktop's shares of host folders).
+FILE_POLL_INTERVAL = 1.0
+FILE_POLL_FALLBACK = 10.0
+FILE_SETTLE = 0.1
 STATE_REASONS = frozenset({NOT_RUNNING, NOT_HEALTHY})
 
 
@@ -527,13 +533,34 @@ class Daemon:
                     result.append(None)
             return tuple(result)
 
-        last = fingerprint()
-        while True:
-            await asyncio.sleep(FILE_POLL_INTERVAL)
-            now = fingerprint()
-            if now != last:
-                self.reload_config("a watched file changed")
-                last = fingerprint()
+        changes = open_change_signal()
+        interval = FILE_POLL_INTERVAL if changes is None else FILE_POLL_FALLBACK
+        try:
+            if changes is not None:
+                changes.inotify.watch(self.watched_files())
+            last = fingerprint()
+            while True:
+                if changes is None:
+                    await asyncio.sleep(interval)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(interval):
+                            await changes.event.wait()
+                    if changes.event.is_set():
+                        # An editor or `kubectl apply` writes in steps: read once they are done.
+                        await asyncio.sleep(FILE_SETTLE)
+                        changes.event.clear()
+                now = fingerprint()
+                if now != last:
+                    self.reload_config("a watched file changed")
+                    if changes is not None:
+                        # A file replaced by a rename is a new inode; the template list may
+                        # have changed too.
+                        changes.inotify.watch(self.watched_files())
+                    last = fingerprint()
+        finally:
+            if changes is not None:
+                changes.close()
 
     # -- health --
 
