@@ -17,7 +17,7 @@ from lbsync.daemon import Daemon
 from lbsync.docker_api import DockerClient, Event, NotFound, resolve_endpoint
 from lbsync.labels import parse_services
 from lbsync.logs import setup_logging
-from lbsync.memory import fix_mmap_threshold
+from lbsync.memory import fix_mmap_threshold, freeze_startup_objects
 from lbsync.model import Service
 from lbsync.registry import Registry
 from lbsync.render import CompiledTemplate, TemplateError, load_template, render
@@ -185,6 +185,7 @@ def run_daemon(config: Config, config_path: Path | None = None) -> int:
     setup_logging(config.log)
     fix_mmap_threshold()
     load_templates(config)
+    freeze_startup_objects()
 
     async def main() -> int:
         daemon = Daemon(config, client_for(config), config_path=config_path)

@@ -1,16 +1,20 @@
-"""Allocator settings for the long-running daemon (glibc only; elsewhere nothing happens).
+"""Memory settings for the long-running daemon: glibc's allocator, the cycle collector.
 
-glibc serves a block of 128 KiB or more from its own mapping, returned to the system when it is
-freed, but it raises that threshold to the size of the largest such block freed so far. After
-the first pass, then, every copy of the rendered file (0.7 MB at 1,000 containers, a few per
-pass) is carved out of the main heap, among small objects that outlive it and keep the space
-from ever going back: 4-5 MB of the daemon's resident memory at 1,000 containers (bench_rss).
-A fixed threshold keeps those blocks in their own mappings.
+glibc (elsewhere nothing happens) serves a block of 128 KiB or more from its own mapping,
+returned to the system when it is freed, but it raises that threshold to the size of the
+largest such block freed so far. After the first pass, then, every copy of the rendered file
+(0.7 MB at 1,000 containers, a few per pass) is carved out of the main heap, among small
+objects that outlive it and keep the space from ever going back: 4-5 MB of the daemon's
+resident memory at 1,000 containers (bench_rss). A fixed threshold keeps those blocks in their
+own mappings.
+
+The cycle collector: see `freeze_startup_objects`.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 
@@ -48,3 +52,15 @@ def fix_mmap_threshold() -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
+def freeze_startup_objects() -> int:
+    """Move every object alive now (modules, classes, functions, compiled templates: about
+    46,000 after lbsync's imports) out of the cycle collector's sight; how many were moved.
+
+    They live as long as the process, yet each full collection walked them all again: 10-13 ms
+    of CPU on a 2-vCPU VM, whenever enough containers came and went. Called once the config
+    and templates are loaded, before anything about containers is held.
+    """
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -54,3 +54,23 @@ def test_the_operators_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=65536")
     assert not memory.fix_mmap_threshold()
+
+
+def test_startup_objects_leave_the_collectors_sight() -> None:
+    """In a fresh interpreter, as `lbsync run` does it after loading its config."""
+    script = textwrap.dedent(
+        """
+        import gc
+        import lbsync.commands, lbsync.daemon, lbsync.server
+        from lbsync import memory
+        moved = memory.freeze_startup_objects()
+        left = len(gc.get_objects())
+        print(moved, left)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    moved, left = map(int, out.split())
+    assert moved > 20_000  # lbsync's imports alone
+    assert left < 1_000  # what a full collection still walks
