@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -40,6 +41,20 @@ def require_engine() -> None:
     if IN_CI:
         pytest.fail("CI=true but no Docker engine answers on /var/run/docker.sock (lab/lab.sh up)")
     pytest.skip("no Docker engine answers on /var/run/docker.sock; run `bash lab/lab.sh up`")
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """A test that runs a Daemon in-process (a config reload calls setup_logging) must not
+    leave lbsync's logger detached from pytest's capture (caplog) for the tests after it."""
+    loggers = [logging.getLogger("lbsync"), logging.getLogger()]
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    yield
+    for lg, handlers, level, propagate in saved:
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
+    logging.captureWarnings(False)
 
 
 @pytest.fixture

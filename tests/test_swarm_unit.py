@@ -44,7 +44,7 @@ from lbsync.swarm import (
     task_container,
     task_container_id,
 )
-from lbsync.watcher import Change, Watcher
+from lbsync.watcher import WATCHED_EVENTS, Change, Watcher
 from tests.fake_engine import FakeEngine
 
 DATA = Path(__file__).parent / "testdata" / "swarm"
@@ -695,7 +695,8 @@ async def test_swarm_mode_off_subscribes_as_before(
     await until(lambda: running.watcher.listed.is_set())
     assert manager.calls("info") == []
     events = [r for r in manager.requests() if "/events" in r]
-    assert events == ['GET /v1.41/events?filters={"type": ["container", "network"]}']
+    assert events == [f"GET /v1.41/events?filters={json.dumps(WATCHED_EVENTS)}"]
+    assert WATCHED_EVENTS["type"] == ["container", "network"]
 
 
 async def test_a_config_reload_that_turns_swarm_on_resubscribes(
