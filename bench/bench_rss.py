@@ -20,7 +20,7 @@ and of the files mapped: libpython, libcrypto, the extension modules), at these 
    in the file. Before them, lbsync's idle CPU is measured over `--idle` seconds (with
    `--resync` re-lists in them), then its config is rewritten with `resync: 0s` and it gets
    a SIGHUP, and the idle CPU measured again: the singles are about events alone.
-   lbsync's CPU (user + system from /proc/<pid>/stat, every thread, exited ones too) is
+   lbsync's CPU (each thread's time on a CPU from /proc/<pid>/task/*/schedstat, in ns) is
    summed from each `docker start` to the file holding the container, and from each
    `docker stop` to the file without it; divided by the engine events lbsync received
    meanwhile (`lbsync_events_total` from its /metrics, read before and after), it is the
@@ -36,6 +36,9 @@ engine had), `server.listen` on a free 127.0.0.1 port, `log.level: warning`. `--
 KEY=VALUE` (repeatable) sets an environment variable for the lbsync processes, e.g.
 `MALLOC_ARENA_MAX=2`; `--env-vars K` gives every backend K more environment variables of
 about 60 bytes each (containers in the wild carry dozens; lbsync reads three).
+`--health-interval S` gives every backend a HEALTHCHECK (a wget of its port) every S seconds:
+the idle figures then include what the probes cost lbsync (the engine sends it no exec_*
+event of theirs; health_status events only when a status changes).
 
 `--image lbsync:dev` runs lbsync as people deploy it instead: a container of that local image
 (`deploy/build-image.sh` builds it; its own Python, only the declared dependencies), with
@@ -147,11 +150,21 @@ def read_smaps(pid: int) -> tuple[int, int, dict[str, int]]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of the whole process so far, exited threads included (/proc stat;
-    the kernel reports clock ticks, 10 ms each: the bench sums many starts)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+    """CPU time of the process so far: each thread's time on a CPU, in nanoseconds
+    (/proc/<pid>/task/*/schedstat). /proc/<pid>/stat counts exited threads too, but in clock
+    ticks of 10 ms: an idle second of lbsync is about 1 ms, so every reading of it would be
+    off by up to ten times what it measures. lbsync's threads (the default executor's) live
+    as long as the process; where schedstat cannot be read, the ticks."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread ended
+                total += int((task / "schedstat").read_text().split()[0])
+    except OSError:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+        return (utime + stime) / os.sysconf("SC_CLK_TCK")
+    return total / 1e9
 
 
 EVENTS_RE = re.compile(rb"^lbsync_events_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
@@ -187,17 +200,24 @@ def sample(pid: int, stage: str, started: float) -> Sample:
 
 
 class RssFleet(Fleet):
-    """`Fleet`, whose backends also carry `env_vars` unused environment variables."""
+    """`Fleet`, whose backends also carry `env_vars` unused environment variables and, with
+    `health_interval`, a HEALTHCHECK probing their port that often."""
 
-    def __init__(self, run_id: str, env_vars: int) -> None:
+    def __init__(self, run_id: str, env_vars: int, health_interval: float = 0) -> None:
         super().__init__(run_id)
         self.env_vars = env_vars
+        self.health_interval = health_interval
 
     def labels(self) -> list[str]:
         # Spliced into every `docker run`/`docker create` of the fleet, after the name.
         extra: list[str] = []
         for i in range(self.env_vars):
             extra += ["--env", f"BENCH_SETTING_{i:02d}=value-{i:02d}-{self.run_id}-{'x' * 24}"]
+        if self.health_interval > 0:
+            # $PORT is the backend's own (the shell in the container expands it).
+            extra += ["--health-cmd", "wget -q -O /dev/null http://127.0.0.1:$PORT/",
+                      "--health-interval", f"{self.health_interval:g}s",
+                      "--health-retries", "3"]  # fmt: skip
         return super().labels() + extra
 
 
@@ -442,6 +462,7 @@ class Report:
     singles: int
     resync: float
     env_vars: int
+    health_interval: float
     daemon_env: list[str]
     python: str
     samples: list[Sample] = field(default_factory=list)
@@ -562,11 +583,16 @@ def table(report: Report) -> str:
 
 def summary(report: Report) -> str:
     env = f"; lbsync env {' '.join(report.daemon_env)}" if report.daemon_env else ""
+    health = (
+        f", a health check every {report.health_interval:g}s on each"
+        if report.health_interval > 0
+        else ""
+    )
     lines = [
         f"lbsync run ({'container' if report.python.startswith('image') else 'subprocess'}) "
         f"memory in MB: N={report.n}, {report.singles} single "
         f"starts/stops, docker.resync {report.resync:g}s, {report.env_vars} extra env vars "
-        f"per backend{env}; {report.python}",
+        f"per backend{health}{env}; {report.python}",
         "",
         table(report),
         "",
@@ -648,6 +674,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--env-vars", type=int, default=0, help="extra env vars per backend")
     parser.add_argument(
+        "--health-interval",
+        type=float,
+        default=0.0,
+        help="give every backend a HEALTHCHECK run this often, seconds (default 0: none)",
+    )
+    parser.add_argument(
         "--daemon-env",
         action="append",
         default=[],
@@ -671,12 +703,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     run_id = secrets.token_hex(5)
-    fleet = RssFleet(run_id, args.env_vars)
+    fleet = RssFleet(run_id, args.env_vars, args.health_interval)
     report = Report(
         n=args.n,
         singles=args.singles,
         resync=args.resync,
         env_vars=args.env_vars,
+        health_interval=args.health_interval,
         daemon_env=list(args.daemon_env),
         python=image_python(args.image) if args.image else f"Python {sys.version.split()[0]}",
     )
