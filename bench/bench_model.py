@@ -1,6 +1,7 @@
 """In-process bench of the pure part of a pass: labels -> routing model -> rendered text.
 
     python -m bench.bench_model [--runs 7] [--scenario 1000x10] [--json] [--profile 1000x10]
+                                [--template builtin:haproxy]
 
 Synthetic `lbsync.model.Container`s, shaped like what `container_from_inspect` returns for
 a compose replica (a dozen compose labels, three lbsync labels, one bridge network, one
@@ -14,8 +15,9 @@ Phases, each timed over `--runs` runs (best and median, `gc.collect()` before ea
 * `parse (cold)`: `Registry.entries` on a fresh registry with the label parser's memo
   cleared: `parse_services` for every container (replicas with equal labels still share
   one parse within the run, as they do in the daemon).
-* `build_model`, `render + encode` (builtin:nginx, then `str.encode`: the daemon keeps the
-  bytes with the model they came from), `compare` (with the previous output).
+* `build_model`, `render + encode` (builtin:nginx, or the `--template` builtin; then
+  `str.encode`: the daemon keeps the bytes with the model they came from), `compare` (with
+  the previous output).
 * `cold pass`: the four above, back to back: the first pass after start.
 * `steady pass`: a second pass over the same registry with the daemon's memory (its
   `ModelBuilder` and `FragmentCache`): nothing changed, so the builder hands back the same
@@ -134,13 +136,16 @@ def make_containers(hosts: int, per_host: int) -> list[Container]:
     return containers
 
 
-def make_config(output_dir: Path) -> Config:
+TEMPLATES = ("builtin:nginx", "builtin:haproxy")
+
+
+def make_config(output_dir: Path, template: str = "builtin:nginx") -> Config:
     return parse_config(
         {
             "targets": [
                 {
-                    "name": "nginx",
-                    "template": "builtin:nginx",
+                    "name": "bench",
+                    "template": template,
                     "output": str(output_dir / "lbsync.conf"),
                     "check": "none",
                     "reload": "none",
@@ -255,11 +260,11 @@ def current_rss_mb() -> float:
     return float("nan")
 
 
-def run_scenario(name: str, runs: int) -> dict[str, Any]:
+def run_scenario(name: str, runs: int, template_name: str = "builtin:nginx") -> dict[str, Any]:
     hosts, per_host = SCENARIOS[name]
     rss_imports = rss_mb()
     with tempfile.TemporaryDirectory(prefix="lbsync-bench-") as tmp:
-        config = make_config(Path(tmp))
+        config = make_config(Path(tmp), template_name)
         target = config.targets[0]
         discovery = config.discovery
         template = load_template(target)
@@ -430,11 +435,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", choices=sorted(SCENARIOS), help="print a cProfile of that scenario instead"
     )
+    parser.add_argument(
+        "--template", choices=TEMPLATES, default=TEMPLATES[0], help="(default builtin:nginx)"
+    )
     parser.add_argument("--child", choices=sorted(SCENARIOS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        print(json.dumps(run_scenario(args.child, args.runs)))
+        print(json.dumps(run_scenario(args.child, args.runs, args.template)))
         return 0
     if args.profile:
         print(profile(args.profile))
@@ -442,8 +450,9 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     for name in args.scenario or list(SCENARIOS):
+        child = ["--child", name, "--runs", str(args.runs), "--template", args.template]
         proc = subprocess.run(
-            [sys.executable, "-m", "bench.bench_model", "--child", name, "--runs", str(args.runs)],
+            [sys.executable, "-m", "bench.bench_model", *child],
             capture_output=True,
             text=True,
             check=False,
@@ -452,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"scenario {name} failed:\n{proc.stderr}", file=sys.stderr)
             return 1
         results.append(json.loads(proc.stdout))
-    print(f"lbsync model bench: {machine()}; {args.runs} runs per scenario\n")
+    print(f"lbsync model bench: {machine()}; {args.template}; {args.runs} runs per scenario\n")
     print(table(results))
     print()
     print(verdicts(results))
