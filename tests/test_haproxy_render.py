@@ -734,7 +734,7 @@ def test_a_pass_renders_only_the_blocks_of_what_changed(
 ) -> None:
     """The frontend's rules and the backends are kept per host and per upstream from one
     render to the next (render_each), so one changed container costs two blocks, not all:
-    at 1,000 hosts a pass went from 18 ms to under 1 ms."""
+    at 1,000 hosts a pass went from 18 ms to 1.2 ms (bench_model)."""
 
     def fleet(moved: int | None = None) -> RoutingModel:
         upstreams = [
