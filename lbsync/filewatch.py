@@ -37,9 +37,9 @@ IN_DELETE_SELF = 0x00000400
 IN_MOVE_SELF = 0x00000800
 IN_IGNORED = 0x00008000
 IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
 #: struct inotify_event before its name: wd, mask, cookie, len.
 EVENT_HEADER = struct.Struct("iIII")
-IN_CLOEXEC = os.O_CLOEXEC
 
 #: Anything that can change what a path reads: written in place, replaced by a rename (editors
 #: that save atomically, Kubernetes swapping the `..data` symlink of a ConfigMap volume),
