@@ -189,3 +189,57 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
         stop_signal=shared(_stop_signal(config.get("StopSignal"))),
         started_at=str(state.get("StartedAt") or ""),
     )
+
+
+#: Docker's `Status` in a listing: "Up 5 minutes (healthy)", "(unhealthy)", "(health: starting)".
+_LISTED_HEALTH = (
+    ("(healthy)", "healthy"),
+    ("(unhealthy)", "unhealthy"),
+    ("(health: starting)", "starting"),
+)
+
+
+def listed_health(status: object) -> str:
+    """The health a listing's `Status` shows; "none" when it shows none."""
+    if isinstance(status, str):
+        for marker, health in _LISTED_HEALTH:
+            if status.endswith(marker):
+                return health
+    return "none"
+
+
+def listing_agrees(container: Container, item: Mapping[str, Any]) -> bool:
+    """Does a listing entry (`list_containers_brief`) show what `container`, from an inspect,
+    says about everything a pass reads that can change while a container exists: its name,
+    state, health, networks with their addresses, published TCP ports?
+
+    Labels, environment, exposed ports and stop signal are fixed when a container is created.
+    Any doubt (another engine's format, a stopped container whose last health the listing
+    does not show) is a disagreement, and the caller inspects.
+    """
+    if item.get("Names") != ["/" + container.name]:
+        return False
+    if (
+        item.get("State") != container.state
+        or listed_health(item.get("Status")) != container.health
+    ):
+        return False
+    networks = _dict(_dict(item.get("NetworkSettings")).get("Networks"))
+    listed_networks = sorted(
+        (str(name), str(_dict(net).get("NetworkID") or ""), str(_dict(net).get("IPAddress") or ""))
+        for name, net in networks.items()
+    )
+    if listed_networks != [(n.name, n.network_id, n.ip) for n in container.networks]:
+        return False
+    listed_ports = sorted(
+        (int(port["PrivatePort"]), str(port.get("IP") or ""), int(port["PublicPort"]))
+        for port in item.get("Ports") or ()
+        if isinstance(port, dict)
+        and port.get("Type") == "tcp"
+        and isinstance(port.get("PrivatePort"), int)
+        and isinstance(port.get("PublicPort"), int)
+    )
+    published = sorted(
+        (p.container_port, p.host_ip, p.host_port) for p in container.published_ports
+    )
+    return listed_ports == published

@@ -495,6 +495,24 @@ class DockerClient:
             raise DockerError(f"GET {path}: the engine's answer is not a list")
         return [str(item["Id"]) for item in listed if isinstance(item, dict) and item.get("Id")]
 
+    async def list_containers_brief(self, *, all: bool = True) -> list[dict[str, Any]]:
+        """The listing, each container cut down to what can change while it exists: `Id`,
+        `Names`, `State`, `Status` (which carries the health), its networks' `NetworkID` and
+        `IPAddress`, its `Ports`. Labels, mounts and the rest are dropped as they are parsed."""
+        path = "/containers/json"
+        async with self._request("GET", path, params={"all": "1" if all else "0"}) as response:
+            try:
+                body = await response.read()
+            except aiohttp.ClientPayloadError as exc:
+                raise DockerError(f"GET {path}: the engine's answer is not JSON") from exc
+        try:
+            listed = json.loads(body, object_pairs_hook=_brief)
+        except ValueError as exc:
+            raise DockerError(f"GET {path}: the engine's answer is not JSON") from exc
+        if not isinstance(listed, list):
+            raise DockerError(f"GET {path}: the engine's answer is not a list")
+        return [item for item in listed if isinstance(item, dict) and item.get("Id")]
+
     async def inspect_container(self, container_id: str) -> dict[str, Any]:
         result = await self._json("GET", f"/containers/{quote(container_id, safe='')}/json")
         return dict(result)
@@ -635,6 +653,21 @@ def _only_id(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """`json.loads` hook: an object, cut down to its `Id` (a nested object's is dropped with
     its parent, which keeps only its own)."""
     return {key: value for key, value in pairs if key == "Id"}
+
+
+_BRIEF_CONTAINER = frozenset({"Id", "Names", "State", "Status", "NetworkSettings", "Ports"})
+_BRIEF_ENDPOINT = frozenset({"NetworkID", "IPAddress"})
+
+
+def _brief(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`json.loads` hook for `list_containers_brief`: a container keeps _BRIEF_CONTAINER, a
+    network endpoint _BRIEF_ENDPOINT; anything else (a port, the networks by name) stays."""
+    keys = {key for key, _ in pairs}
+    if "Id" in keys and "Names" in keys:
+        return {key: value for key, value in pairs if key in _BRIEF_CONTAINER}
+    if "NetworkID" in keys and "EndpointID" in keys:
+        return {key: value for key, value in pairs if key in _BRIEF_ENDPOINT}
+    return dict(pairs)
 
 
 async def _error_message(response: aiohttp.ClientResponse) -> str:

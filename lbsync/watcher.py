@@ -42,7 +42,12 @@ from typing import Any
 import tenacity
 
 from lbsync.config import SwarmMode
-from lbsync.containers import ContainerParseError, container_from_inspect, parse_created
+from lbsync.containers import (
+    ContainerParseError,
+    container_from_inspect,
+    listing_agrees,
+    parse_created,
+)
 from lbsync.docker_api import (
     ApiVersionTooOld,
     DockerClient,
@@ -423,13 +428,27 @@ class Watcher:
         else:
             self.swarm_active = False
             self._settling.clear()
-        # Ids only, and each inspect applied as it arrives: at 1,000 containers the parsed
-        # listing (about 3 MB) or a second copy of every container would otherwise stay
-        # alive until the last inspect, and the peak is what the process keeps.
-        ids = await self.client.list_container_ids(all=True)
         before = {c.id: is_serving(c) for c in self.registry.containers()}
         health: dict[str, str] = {}  # every container the engine answered for: its health
         changed = False
+        if reason == "resync" and not self.swarm_active:
+            # The periodic re-list looks for what the stream may have missed: only what the
+            # listing shows differently from the registry is inspected (inspecting all took
+            # 0.2-0.3 s of CPU at 1,000). After a reconnect, and in swarm mode (labels masked
+            # by services), every container is inspected.
+            ids = []
+            for item in await self.client.list_containers_brief(all=True):
+                cid = str(item["Id"])
+                current = self.registry.get(cid)
+                if current is not None and listing_agrees(current, item):
+                    health[cid] = current.health
+                else:
+                    ids.append(cid)
+        else:
+            # Ids only, and each inspect applied as it arrives: at 1,000 containers the
+            # parsed listing (about 3 MB) or a second copy of every container would otherwise
+            # stay alive until the last inspect, and the peak is what the process keeps.
+            ids = await self.client.list_container_ids(all=True)
 
         def store(container: Container) -> None:
             nonlocal changed

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from lbsync.containers import container_from_inspect
+from lbsync.containers import container_from_inspect, listing_agrees
 from lbsync.docker_api import (
     MAX_API_VERSION,
     Conflict,
@@ -216,6 +216,48 @@ async def _inspect_if(
 ) -> Inspect | None:
     data = await client.inspect_container(cid)
     return data if check(data) else None
+
+
+async def test_a_brief_listing_agrees_with_the_inspects_until_something_changes(
+    lab: Lab, engine: DockerClient
+) -> None:
+    """The periodic re-list inspects only the containers whose listing entry disagrees with
+    what the registry holds: on a real engine an unchanged container must agree (else the
+    re-list saves nothing) and a changed one must not (else a missed change stays missed)."""
+    healthy_port, plain_port = free_port(), free_port()
+    checked = lab.run_backend(healthy_port, health=True)
+    plain = lab.run_backend(plain_port)
+    stopped = lab.run_backend(free_port())
+    lab.stop(stopped)
+    await poll(
+        lambda: _inspect_if(engine, checked, lambda d: d["State"]["Health"]["Status"] == "healthy"),
+        timeout=EVENT_DEADLINE,
+        message="healthy",
+    )
+
+    async def agreement() -> dict[str, bool]:
+        brief = {item["Id"]: item for item in await engine.list_containers_brief(all=True)}
+        result = {}
+        for cid in (checked, plain, stopped):
+            container = container_from_inspect(await engine.inspect_container(cid))
+            result[cid] = listing_agrees(container, brief[cid])
+        return result
+
+    assert await agreement() == {checked: True, plain: True, stopped: True}
+    brief = {item["Id"]: item for item in await engine.list_containers_brief(all=True)}
+    assert set(brief[plain]) <= {"Id", "Names", "State", "Status", "NetworkSettings", "Ports"}
+    assert set(brief[plain]["NetworkSettings"]["Networks"]["host"]) == {"NetworkID", "IPAddress"}
+
+    before = {cid: container_from_inspect(await engine.inspect_container(cid)) for cid in (plain,)}
+    await asyncio.to_thread(lab.stop, plain)
+    item = next(i for i in await engine.list_containers_brief(all=True) if i["Id"] == plain)
+    assert not listing_agrees(before[plain], item)  # exited now: inspected at the re-list
+    old = container_from_inspect(await engine.inspect_container(stopped))
+    renamed = f"lbsync-test-{secrets.token_hex(4)}"
+    await asyncio.to_thread(docker, "rename", stopped, renamed)
+    item = next(i for i in await engine.list_containers_brief(all=True) if i["Id"] == stopped)
+    assert item["Names"] == [f"/{renamed}"]
+    assert not listing_agrees(old, item)
 
 
 # --- events -----------------------------------------------------------------------------

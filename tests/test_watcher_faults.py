@@ -45,6 +45,24 @@ def inspect_json(cid: str, name: str, *, running: bool = True) -> dict[str, Any]
     }
 
 
+def listed_json(inspected: dict[str, Any]) -> dict[str, Any]:
+    """The entry Docker's /containers/json gives for a container it inspects as `inspected`."""
+    state = inspected["State"]
+    networks = inspected["NetworkSettings"]["Networks"]
+    return {
+        "Id": inspected["Id"],
+        "Names": [inspected["Name"]],
+        "Labels": inspected["Config"]["Labels"],
+        "State": state["Status"],
+        "Status": "Up 5 minutes" if state["Running"] else "Exited (0) 5 minutes ago",
+        "NetworkSettings": {
+            "Networks": {name: {**net, "EndpointID": "e"} for name, net in networks.items()}
+        },
+        "Ports": [],
+        "Mounts": [],
+    }
+
+
 @dataclass
 class ScriptedEngine:
     """A fake engine's state plus one script per /events connection."""
@@ -55,6 +73,7 @@ class ScriptedEngine:
     inspect_delay: float = 0.0
     connections: int = 0
     inspects: list[str] = field(default_factory=list)
+    listings: int = 0
 
     def install(self) -> None:
         self.fake.route("GET", "/containers/json", self._list)
@@ -62,7 +81,8 @@ class ScriptedEngine:
         self.fake.route("GET", "/events", self._events)
 
     async def _list(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response([{"Id": cid} for cid in self.containers])
+        self.listings += 1
+        return web.json_response([listed_json(data) for data in self.containers.values()])
 
     async def _inspect(self, request: web.Request) -> web.StreamResponse:
         cid = request.path.split("/")[3]
@@ -285,13 +305,13 @@ async def test_resync_set_to_0_stops_relisting(
 ) -> None:
     engine.containers["a" * 64] = inspect_json("a" * 64, "web")
     running = start_watcher(resync=0.1)
-    await until(lambda: engine.inspects.count("a" * 64) >= 2)  # listed, then re-listed
+    await until(lambda: engine.listings >= 2)  # listed, then re-listed
     # The follower reads the setting each time round (set_resync also starts over).
     running.watcher.resync = 0
     await asyncio.sleep(0.15)  # a re-list already under way may finish
-    after = len(engine.inspects)
+    after = engine.listings
     await asyncio.sleep(0.3)
-    assert len(engine.inspects) == after  # was: a re-list after every re-list, forever
+    assert engine.listings == after  # was: a re-list after every re-list, forever
     assert running.watcher.connected and not running.task.done()
 
 
@@ -301,9 +321,9 @@ async def test_resync_turned_on_by_a_config_reload_applies_without_an_event(
     engine.containers["a" * 64] = inspect_json("a" * 64, "web")
     running = start_watcher(resync=0)
     await until(lambda: running.watcher.listed.is_set())
-    assert engine.inspects.count("a" * 64) == 1
+    assert engine.listings == 1
     running.watcher.set_resync(0.1)  # the engine is idle: no event will wake the follower
-    await until(lambda: engine.inspects.count("a" * 64) >= 3, timeout=2.0)
+    await until(lambda: engine.listings >= 3, timeout=2.0)
 
 
 def timed_line(action: str, container_id: str, time_nano: int) -> bytes:
@@ -337,3 +357,40 @@ async def test_an_event_cut_off_by_a_reconnect_does_not_date_a_later_change(
     running = start_watcher()
     await until(lambda: any(c.event_time_ns for c in running.changes), timeout=5.0)
     assert [c.event_time_ns for c in running.changes if c.event_time_ns] == [after]
+
+
+async def test_a_resync_inspects_only_what_the_listing_shows_changed(
+    engine: ScriptedEngine, start_watcher: Callable[..., Running]
+) -> None:
+    web_id, api_id = "a" * 64, "b" * 64
+    engine.containers[web_id] = inspect_json(web_id, "web")
+    engine.containers[api_id] = inspect_json(api_id, "api")
+    running = start_watcher(resync=0.05)
+    registry = running.registry
+    await until(lambda: running.watcher.listed.is_set())
+    assert sorted(engine.inspects) == [web_id, api_id]  # the first listing inspects all
+
+    await until(lambda: engine.listings >= 4)
+    assert len(engine.inspects) == 2  # unchanged: the listing says so, no inspect
+
+    # A stop the stream missed: the listing says exited, so that one is inspected.
+    engine.containers[api_id] = inspect_json(api_id, "api", running=False)
+    await until(lambda: (c := registry.get(api_id)) is not None and c.state == "exited")
+    assert engine.inspects[2:] == [api_id]
+
+    # A container marked stopping (its kill seen, its die not yet) is always inspected.
+    assert registry.mark_stopping(web_id)
+    listings = engine.listings
+    await until(lambda: engine.listings >= listings + 2)
+    assert web_id in engine.inspects[3:]
+    assert api_id not in engine.inspects[3:]
+
+
+async def test_after_a_reconnect_every_container_is_inspected(
+    engine: ScriptedEngine, start_watcher: Callable[..., Running]
+) -> None:
+    engine.containers["a" * 64] = inspect_json("a" * 64, "web")
+    engine.scripts = [[CUT]]
+    running = start_watcher()
+    await until(lambda: engine.connections >= 2 and running.watcher.connected)
+    assert engine.inspects == ["a" * 64] * 2  # listed at start, listed again after the cut
