@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import signal
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Final
@@ -199,6 +200,20 @@ _LISTED_HEALTH = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class ListedContainer:
+    """One entry of a container listing (`GET /containers/json`), cut to what can change while
+    a container exists. Labels, environment, exposed ports and stop signal are fixed when it
+    is created."""
+
+    id: str
+    names: tuple[str, ...]  # as listed: "/web-1"
+    state: str
+    health: str  # from `Status`; "none" when it shows none
+    networks: tuple[tuple[str, str, str], ...]  # (name, NetworkID, IPAddress), by name
+    published: tuple[tuple[int, str, int], ...]  # TCP: (container port, host IP, host port)
+
+
 def listed_health(status: object) -> str:
     """The health a listing's `Status` shows; "none" when it shows none."""
     if isinstance(status, str):
@@ -208,38 +223,54 @@ def listed_health(status: object) -> str:
     return "none"
 
 
-def listing_agrees(container: Container, item: Mapping[str, Any]) -> bool:
-    """Does a listing entry (`list_containers_brief`) show what `container`, from an inspect,
-    says about everything a pass reads that can change while a container exists: its name,
-    state, health, networks with their addresses, published TCP ports?
-
-    Labels, environment, exposed ports and stop signal are fixed when a container is created.
-    Any doubt (another engine's format, a stopped container whose last health the listing
-    does not show) is a disagreement, and the caller inspects.
-    """
-    if item.get("Names") != ["/" + container.name]:
-        return False
-    if (
-        item.get("State") != container.state
-        or listed_health(item.get("Status")) != container.health
-    ):
-        return False
+def listed_container(item: Mapping[str, Any]) -> ListedContainer:
+    """A listing entry as `ListedContainer` (what cannot be read is left empty: it then
+    disagrees with the inspect, and the container is inspected)."""
+    names = item.get("Names")
     networks = _dict(_dict(item.get("NetworkSettings")).get("Networks"))
-    listed_networks = sorted(
-        (str(name), str(_dict(net).get("NetworkID") or ""), str(_dict(net).get("IPAddress") or ""))
-        for name, net in networks.items()
+    return ListedContainer(
+        id=str(item.get("Id") or ""),
+        names=tuple(str(n) for n in names) if isinstance(names, list) else (),
+        state=str(item.get("State") or ""),
+        health=listed_health(item.get("Status")),
+        networks=tuple(
+            sorted(
+                (
+                    str(name),
+                    str(_dict(net).get("NetworkID") or ""),
+                    str(_dict(net).get("IPAddress") or ""),
+                )
+                for name, net in networks.items()
+            )
+        ),
+        published=tuple(
+            sorted(
+                (port["PrivatePort"], str(port.get("IP") or ""), port["PublicPort"])
+                for port in item.get("Ports") or ()
+                if isinstance(port, dict)
+                and port.get("Type") == "tcp"
+                and isinstance(port.get("PrivatePort"), int)
+                and isinstance(port.get("PublicPort"), int)
+            )
+        ),
     )
-    if listed_networks != [(n.name, n.network_id, n.ip) for n in container.networks]:
-        return False
-    listed_ports = sorted(
-        (int(port["PrivatePort"]), str(port.get("IP") or ""), int(port["PublicPort"]))
-        for port in item.get("Ports") or ()
-        if isinstance(port, dict)
-        and port.get("Type") == "tcp"
-        and isinstance(port.get("PrivatePort"), int)
-        and isinstance(port.get("PublicPort"), int)
+
+
+def listing_agrees(container: Container, listed: ListedContainer) -> bool:
+    """Does the listing show what `container`, from an inspect, says about everything a pass
+    reads that can change while a container exists: its name, state, health, networks with
+    their addresses, published TCP ports?
+
+    Any doubt (another engine's format, a stopped container whose last health the listing
+    does not show, a stop-marked container: state `stopping`) is a disagreement, and the
+    caller inspects.
+    """
+    ports = container.published_ports
+    published = sorted((p.container_port, p.host_ip, p.host_port) for p in ports)
+    return (
+        listed.names == ("/" + container.name,)
+        and listed.state == container.state
+        and listed.health == container.health
+        and listed.networks == tuple((n.name, n.network_id, n.ip) for n in container.networks)
+        and listed.published == tuple(published)
     )
-    published = sorted(
-        (p.container_port, p.host_ip, p.host_port) for p in container.published_ports
-    )
-    return listed_ports == published

@@ -22,6 +22,8 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from lbsync.containers import ListedContainer, listed_container
+
 #: The newest API version this client was written against; the engine may speak newer.
 MAX_API_VERSION: Final = (1, 47)
 #: The oldest version lbsync accepts (Docker 19.03). Docker 29+ refuses below 1.44.
@@ -495,10 +497,10 @@ class DockerClient:
             raise DockerError(f"GET {path}: the engine's answer is not a list")
         return [str(item["Id"]) for item in listed if isinstance(item, dict) and item.get("Id")]
 
-    async def list_containers_brief(self, *, all: bool = True) -> list[dict[str, Any]]:
-        """The listing, each container cut down to what can change while it exists: `Id`,
-        `Names`, `State`, `Status` (which carries the health), its networks' `NetworkID` and
-        `IPAddress`, its `Ports`. Labels, mounts and the rest are dropped as they are parsed."""
+    async def list_containers_brief(self, *, all: bool = True) -> list[ListedContainer]:
+        """The listing, each container cut down to what can change while it exists (names,
+        state, health, networks, published ports) as the parser finishes it: the parsed
+        listing (labels, mounts, ...) never exists at once."""
         path = "/containers/json"
         async with self._request("GET", path, params={"all": "1" if all else "0"}) as response:
             try:
@@ -511,7 +513,7 @@ class DockerClient:
             raise DockerError(f"GET {path}: the engine's answer is not JSON") from exc
         if not isinstance(listed, list):
             raise DockerError(f"GET {path}: the engine's answer is not a list")
-        return [item for item in listed if isinstance(item, dict) and item.get("Id")]
+        return [item for item in listed if isinstance(item, ListedContainer) and item.id]
 
     async def inspect_container(self, container_id: str) -> dict[str, Any]:
         result = await self._json("GET", f"/containers/{quote(container_id, safe='')}/json")
@@ -655,19 +657,13 @@ def _only_id(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return {key: value for key, value in pairs if key == "Id"}
 
 
-_BRIEF_CONTAINER = frozenset({"Id", "Names", "State", "Status", "NetworkSettings", "Ports"})
-_BRIEF_ENDPOINT = frozenset({"NetworkID", "IPAddress"})
-
-
-def _brief(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """`json.loads` hook for `list_containers_brief`: a container keeps _BRIEF_CONTAINER, a
-    network endpoint _BRIEF_ENDPOINT; anything else (a port, the networks by name) stays."""
-    keys = {key for key, _ in pairs}
-    if "Id" in keys and "Names" in keys:
-        return {key: value for key, value in pairs if key in _BRIEF_CONTAINER}
-    if "NetworkID" in keys and "EndpointID" in keys:
-        return {key: value for key, value in pairs if key in _BRIEF_ENDPOINT}
-    return dict(pairs)
+def _brief(pairs: list[tuple[str, Any]]) -> dict[str, Any] | ListedContainer:
+    """`json.loads` hook for `list_containers_brief`: a container (an object with `Id` and
+    `Names`) becomes a `ListedContainer`; the objects inside it stay dicts until then."""
+    obj = dict(pairs)
+    if "Id" in obj and "Names" in obj:
+        return listed_container(obj)
+    return obj
 
 
 async def _error_message(response: aiohttp.ClientResponse) -> str:

@@ -437,13 +437,12 @@ class Watcher:
             # 0.2-0.3 s of CPU at 1,000). After a reconnect, and in swarm mode (labels masked
             # by services), every container is inspected.
             ids = []
-            for item in await self.client.list_containers_brief(all=True):
-                cid = str(item["Id"])
-                current = self.registry.get(cid)
-                if current is not None and listing_agrees(current, item):
-                    health[cid] = current.health
+            for entry in await self.client.list_containers_brief(all=True):
+                current = self.registry.get(entry.id)
+                if current is not None and listing_agrees(current, entry):
+                    health[entry.id] = current.health
                 else:
-                    ids.append(cid)
+                    ids.append(entry.id)
         else:
             # Ids only, and each inspect applied as it arrives: at 1,000 containers the
             # parsed listing (about 3 MB) or a second copy of every container would otherwise

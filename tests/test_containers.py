@@ -93,3 +93,75 @@ def test_the_shared_table_is_bounded() -> None:
     text = "".join(["one", "-", "key"])  # not a constant: a fresh string
     assert shared(text) is text
     assert shared("".join(["one", "-", "key"])) is text
+
+
+# --------------------------------------------------------------------------- listings
+
+#: What Docker lists for INSPECT once it publishes 8080 (and 9000/udp) on the host, in both
+#: address families, with port 80 exposed but not published; an `Up ... (healthy)` status.
+LISTED: dict[str, Any] = {
+    "Id": "a" * 64,
+    "Names": ["/web-1"],
+    "Labels": {"lbsync.enable": "true"},
+    "State": "running",
+    "Status": "Up 3 minutes (healthy)",
+    "NetworkSettings": {
+        "Networks": {
+            "shop_default": {"NetworkID": "f" * 64, "EndpointID": "e", "IPAddress": "172.18.0.5"}
+        }
+    },
+    "Ports": [
+        {"PrivatePort": 80, "Type": "tcp"},
+        {"IP": "0.0.0.0", "PrivatePort": 8080, "PublicPort": 32768, "Type": "tcp"},
+        {"IP": "::", "PrivatePort": 8080, "PublicPort": 32768, "Type": "tcp"},
+        {"IP": "0.0.0.0", "PrivatePort": 9000, "PublicPort": 9000, "Type": "udp"},
+    ],
+}
+
+
+def published_inspect() -> dict[str, Any]:
+    data = copy.deepcopy(INSPECT)
+    data["State"]["Health"] = {"Status": "healthy"}
+    data["NetworkSettings"]["Ports"] = {
+        "80/tcp": None,
+        "8080/tcp": [
+            {"HostIp": "0.0.0.0", "HostPort": "32768"},
+            {"HostIp": "::", "HostPort": "32768"},
+        ],
+        "9000/udp": [{"HostIp": "0.0.0.0", "HostPort": "9000"}],
+    }
+    return data
+
+
+def test_a_listing_agrees_with_the_inspect_of_the_same_container() -> None:
+    listed = containers.listed_container(LISTED)
+    assert listed.published == ((8080, "0.0.0.0", 32768), (8080, "::", 32768))
+    assert listed.health == "healthy"
+    assert containers.listing_agrees(container_from_inspect(published_inspect()), listed)
+
+
+def test_a_listing_disagrees_on_what_can_change_while_a_container_exists() -> None:
+    stored = container_from_inspect(published_inspect())
+    changes: dict[str, Any] = {
+        "Names": ["/web-2"],  # renamed
+        "State": "exited",
+        "Status": "Up 3 minutes (unhealthy)",
+        "NetworkSettings": {"Networks": {}},  # disconnected
+        "Ports": [{"IP": "0.0.0.0", "PrivatePort": 8080, "PublicPort": 32769, "Type": "tcp"}],
+    }
+    for key, value in changes.items():
+        listed = containers.listed_container({**LISTED, key: value})
+        assert not containers.listing_agrees(stored, listed), key
+
+
+def test_an_unreadable_listing_entry_disagrees() -> None:
+    stored = container_from_inspect(published_inspect())
+    for entry in ({"Id": "a" * 64, "Names": "web-1"}, {"Id": "a" * 64, "Names": ["/web-1"]}):
+        assert not containers.listing_agrees(stored, containers.listed_container(entry))
+
+
+def test_listed_health_reads_dockers_status_suffixes() -> None:
+    assert containers.listed_health("Up 2 seconds (health: starting)") == "starting"
+    assert containers.listed_health("Up 2 hours (unhealthy)") == "unhealthy"
+    assert containers.listed_health("Exited (0) 5 minutes ago") == "none"
+    assert containers.listed_health(None) == "none"

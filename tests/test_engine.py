@@ -236,7 +236,7 @@ async def test_a_brief_listing_agrees_with_the_inspects_until_something_changes(
     )
 
     async def agreement() -> dict[str, bool]:
-        brief = {item["Id"]: item for item in await engine.list_containers_brief(all=True)}
+        brief = {item.id: item for item in await engine.list_containers_brief(all=True)}
         result = {}
         for cid in (checked, plain, stopped):
             container = container_from_inspect(await engine.inspect_container(cid))
@@ -244,19 +244,20 @@ async def test_a_brief_listing_agrees_with_the_inspects_until_something_changes(
         return result
 
     assert await agreement() == {checked: True, plain: True, stopped: True}
-    brief = {item["Id"]: item for item in await engine.list_containers_brief(all=True)}
-    assert set(brief[plain]) <= {"Id", "Names", "State", "Status", "NetworkSettings", "Ports"}
-    assert set(brief[plain]["NetworkSettings"]["Networks"]["host"]) == {"NetworkID", "IPAddress"}
+    brief = {item.id: item for item in await engine.list_containers_brief(all=True)}
+    assert brief[checked].health == "healthy" and brief[plain].health == "none"
+    assert brief[plain].state == "running" and brief[stopped].state == "exited"
+    assert [name for name, _, _ in brief[plain].networks] == ["host"]
 
     before = {cid: container_from_inspect(await engine.inspect_container(cid)) for cid in (plain,)}
     await asyncio.to_thread(lab.stop, plain)
-    item = next(i for i in await engine.list_containers_brief(all=True) if i["Id"] == plain)
+    item = next(i for i in await engine.list_containers_brief(all=True) if i.id == plain)
     assert not listing_agrees(before[plain], item)  # exited now: inspected at the re-list
     old = container_from_inspect(await engine.inspect_container(stopped))
     renamed = f"lbsync-test-{secrets.token_hex(4)}"
     await asyncio.to_thread(docker, "rename", stopped, renamed)
-    item = next(i for i in await engine.list_containers_brief(all=True) if i["Id"] == stopped)
-    assert item["Names"] == [f"/{renamed}"]
+    item = next(i for i in await engine.list_containers_brief(all=True) if i.id == stopped)
+    assert item.names == (f"/{renamed}",)
     assert not listing_agrees(old, item)
 
 
