@@ -14,8 +14,8 @@ and of the files mapped: libpython, libcrypto, the extension modules), at these 
 1. `N=0`: lbsync started before any backend; its first pass wrote a file without servers.
 2. `N=<n>`: `--n` labelled backends started (`docker run -d`, 16 at a time, as
    `bench.bench_daemon` does), the file holds all of them, `/healthz` answers 200, and then
-   `--resync` * 1.5 seconds more, so at least one full re-list at N is in the peak (the
-   daemon re-lists and re-inspects every container every `docker.resync`).
+   `--resync` * 1.5 seconds more, so at least one re-list at N is in the peak (every
+   `docker.resync` the daemon reads the whole listing and inspects what it shows changed).
 3. `steady`: `--singles` extra containers started and stopped one at a time, each waited for
    in the file. Before them, lbsync's idle CPU is measured over `--idle` seconds (with
    `--resync` re-lists in them), then its config is rewritten with `resync: 0s` and it gets
