@@ -13,7 +13,7 @@ import json
 import os
 import ssl
 import struct
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -483,6 +483,21 @@ class DockerClient:
         query = {"all": "1" if all else "0"}
         if filters:
             query["filters"] = json.dumps({k: list(v) for k, v in filters.items()})
+        listed = await self._container_listing(query, _only_id)
+        return [str(item["Id"]) for item in listed if isinstance(item, dict) and item.get("Id")]
+
+    async def list_containers_brief(self, *, all: bool = True) -> list[ListedContainer]:
+        """The listing, each container cut down to what can change while it exists (names,
+        state, health, networks, published ports) as the parser finishes it: the parsed
+        listing (labels, mounts, ...) never exists at once."""
+        listed = await self._container_listing({"all": "1" if all else "0"}, _brief)
+        return [item for item in listed if isinstance(item, ListedContainer) and item.id]
+
+    async def _container_listing(
+        self, query: Mapping[str, str], hook: Callable[[list[tuple[str, Any]]], Any]
+    ) -> list[Any]:
+        """`GET /containers/json`, each JSON object made by `hook` as the parser finishes it
+        (so that the whole parsed listing never exists at once)."""
         path = "/containers/json"
         async with self._request("GET", path, params=query) as response:
             try:
@@ -490,30 +505,12 @@ class DockerClient:
             except aiohttp.ClientPayloadError as exc:
                 raise DockerError(f"GET {path}: the engine's answer is not JSON") from exc
         try:
-            listed = json.loads(body, object_pairs_hook=_only_id)
+            listed = json.loads(body, object_pairs_hook=hook)
         except ValueError as exc:
             raise DockerError(f"GET {path}: the engine's answer is not JSON") from exc
         if not isinstance(listed, list):
             raise DockerError(f"GET {path}: the engine's answer is not a list")
-        return [str(item["Id"]) for item in listed if isinstance(item, dict) and item.get("Id")]
-
-    async def list_containers_brief(self, *, all: bool = True) -> list[ListedContainer]:
-        """The listing, each container cut down to what can change while it exists (names,
-        state, health, networks, published ports) as the parser finishes it: the parsed
-        listing (labels, mounts, ...) never exists at once."""
-        path = "/containers/json"
-        async with self._request("GET", path, params={"all": "1" if all else "0"}) as response:
-            try:
-                body = await response.read()
-            except aiohttp.ClientPayloadError as exc:
-                raise DockerError(f"GET {path}: the engine's answer is not JSON") from exc
-        try:
-            listed = json.loads(body, object_pairs_hook=_brief)
-        except ValueError as exc:
-            raise DockerError(f"GET {path}: the engine's answer is not JSON") from exc
-        if not isinstance(listed, list):
-            raise DockerError(f"GET {path}: the engine's answer is not a list")
-        return [item for item in listed if isinstance(item, ListedContainer) and item.id]
+        return listed
 
     async def inspect_container(self, container_id: str) -> dict[str, Any]:
         result = await self._json("GET", f"/containers/{quote(container_id, safe='')}/json")
