@@ -12,17 +12,18 @@ the peak RSS it reports (`ru_maxrss`) is that scenario's alone.
 Phases, each timed over `--runs` runs (best and median, `gc.collect()` before each run):
 
 * `registry load`: `Registry.upsert` of every container (what a relist adds to the HTTP).
-* `parse (cold)`: `Registry.entries` on a fresh registry with the label parser's memo
-  cleared: `parse_services` for every container (replicas with equal labels still share
-  one parse within the run, as they do in the daemon).
+* `parse (cold)`: the proxies and `Registry.entries_since` on a fresh registry with the
+  label parser's memo cleared: `parse_services` for every container (replicas with equal
+  labels still share one parse within the run, as they do in the daemon).
 * `build_model`, `render + encode` (builtin:nginx, or the `--template` builtin; then
   `str.encode`: the daemon keeps the bytes with the model they came from), `compare` (with
   the previous output).
 * `cold pass`: the four above, back to back: the first pass after start.
 * `steady pass`: a second pass over the same registry with the daemon's memory (its
   `ModelBuilder` and `FragmentCache`): nothing changed, so the builder hands back the same
-  model and nothing is rendered or encoded (`Registry.containers`, `find_proxies`,
-  `Registry.entries`, the model, compare).
+  model and nothing is rendered or encoded (the proxies from the registry's change log
+  (`ProxyTracker`), `Registry.entries_since`, the model, compare: each looks only at
+  what changed since the last pass).
 * `pass after 1 change`: one container re-upserted with a new health, then a pass: its
   groups are re-settled and only its blocks re-rendered.
 
@@ -57,8 +58,8 @@ from lbsync.config import Config, DiscoveryConfig, TargetConfig, parse_config
 from lbsync.model import Container, NetworkAttachment, RoutingModel
 from lbsync.registry import Registry
 from lbsync.render import CompiledTemplate, FragmentCache, load_template, render
-from lbsync.routing import ModelBuilder, ParsedEntry
-from lbsync.selection import find_proxies
+from lbsync.routing import ModelBuilder
+from lbsync.selection import ProxyTracker
 
 #: name -> (hosts, containers per host)
 SCENARIOS: dict[str, tuple[int, int]] = {
@@ -74,8 +75,8 @@ PHASES: tuple[str, ...] = (
     "compare",
     "cold pass",
     "steady pass",
-    "  containers+find_proxies",
-    "  entries (cached)",
+    "  entries since the last pass",
+    "  find proxies",
     "  build_model",
     "  render + encode",
     "  compare",
@@ -178,16 +179,16 @@ class Pass:
     template: CompiledTemplate
     previous: bytes | None = None
     builder: ModelBuilder = dataclasses.field(default_factory=ModelBuilder)
+    proxies: ProxyTracker = dataclasses.field(default_factory=ProxyTracker)
     fragments: FragmentCache = dataclasses.field(default_factory=FragmentCache)
     rendered: tuple[RoutingModel | None, bytes] = (None, b"")
 
     def steady(self, times: dict[str, float]) -> bytes:
         t0 = time.perf_counter()
-        containers = self.registry.containers()
-        proxies = find_proxies(self.target, containers)
-        networks = frozenset(n.name for n in proxies[0].networks) if proxies else frozenset()
+        entries = self.registry.entries_since(self.discovery, self.builder.epoch)
         t1 = time.perf_counter()
-        entries = self.registry.entries(self.discovery)
+        proxies = self.proxies.find(self.target, self.registry)
+        networks = frozenset(n.name for n in proxies[0].networks) if proxies else frozenset()
         t2 = time.perf_counter()
         model = self.builder.build(entries, self.discovery, self.target, networks)
         t3 = time.perf_counter()
@@ -196,8 +197,8 @@ class Pass:
         _changed = data != self.previous
         self.previous = data
         t5 = time.perf_counter()
-        times["  containers+find_proxies"] = t1 - t0
-        times["  entries (cached)"] = t2 - t1
+        times["  entries since the last pass"] = t1 - t0
+        times["  find proxies"] = t2 - t1
         times["  build_model"] = t3 - t2
         times["  render + encode"] = t4 - t3
         times["  compare"] = t5 - t4
@@ -226,9 +227,11 @@ def cold_run(
         registry.upsert(container)
     daemon_pass = Pass(registry, discovery, target, template)
     t1 = time.perf_counter()
-    entries: list[ParsedEntry] = registry.entries(discovery)
+    entries = registry.entries_since(discovery, None)
+    proxies = daemon_pass.proxies.find(target, registry)
+    networks = frozenset(n.name for n in proxies[0].networks) if proxies else frozenset()
     t2 = time.perf_counter()
-    model = daemon_pass.builder.build(entries, discovery, target, frozenset())
+    model = daemon_pass.builder.build(entries, discovery, target, networks)
     t3 = time.perf_counter()
     data = daemon_pass._render(model)
     t4 = time.perf_counter()

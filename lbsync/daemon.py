@@ -19,8 +19,8 @@ import signal
 import time
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
-from itertools import compress
-from operator import is_not
+from itertools import chain, compress
+from operator import attrgetter, is_not
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,7 +49,7 @@ from lbsync.proxy import CheckFailed, ReloadFailed, check, reload
 from lbsync.registry import Registry
 from lbsync.render import CompiledTemplate, FragmentCache, TemplateError, load_template, render
 from lbsync.routing import NOT_HEALTHY, NOT_RUNNING, ModelBuilder
-from lbsync.selection import find_proxies, is_proxy, uses_containers
+from lbsync.selection import ProxyTracker, is_proxy, uses_containers
 from lbsync.watcher import Change, Watcher
 from lbsync.writer import WriteError, read_current, restore, write_atomic
 
@@ -67,6 +67,8 @@ FILE_POLL_INTERVAL = 1.0
 FILE_POLL_FALLBACK = 10.0
 FILE_SETTLE = 0.1
 STATE_REASONS = frozenset({NOT_RUNNING, NOT_HEALTHY})
+_SERVERS_OF = attrgetter("servers")
+_CONTAINER_ID_OF = attrgetter("container.id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,7 @@ class TargetState:
     # A pass costs what changed: the model is patched, unchanged blocks are not re-rendered,
     # and an unchanged model with the same template and settings is not rendered at all.
     builder: ModelBuilder = field(default_factory=ModelBuilder)
+    proxies: ProxyTracker = field(default_factory=ProxyTracker)
     fragments: FragmentCache = field(default_factory=FragmentCache)
     reported: RoutingModel | None = None  # the model the metrics and skip logs describe
     rendered: tuple[object, ...] = ()  # (model, template, config, slots) of `rendered_data`
@@ -217,8 +220,10 @@ class Daemon:
         target = state.config
         started = time.monotonic()
         state.last_pass_at = time.time()
-        containers = self.registry.containers()
-        proxies = find_proxies(target, containers) if uses_containers(target) else []
+        # Entries first: a new discovery config logs every id, and the proxies are then
+        # found by one scan now rather than id by id on the next pass.
+        entries = self.registry.entries_since(self.config.discovery, state.builder.epoch)
+        proxies = state.proxies.find(target, self.registry) if uses_containers(target) else []
         if uses_containers(target) and not proxies:
             if not state.waiting_for_proxy:
                 log.warning(
@@ -236,7 +241,7 @@ class Daemon:
 
         proxy_networks = frozenset(n.name for n in proxies[0].networks) if proxies else frozenset()
         model = state.builder.build(
-            self.registry.entries(self.config.discovery),
+            entries,
             self.config.discovery,
             target,
             proxy_networks,
@@ -448,10 +453,14 @@ class Daemon:
 
     def _report_model(self, state: TargetState, model: RoutingModel) -> None:
         name = state.config.name
-        self.metrics.upstreams.labels(name).set(len(model.upstreams))
-        self.metrics.servers.labels(name).set(sum(len(u.servers) for u in model.upstreams))
-        routed = {s.container.id for u in model.upstreams for s in u.servers}
-        self.metrics.containers_routed.labels(name).set(len(routed))
+        reported = state.reported
+        if reported is None or model.upstreams is not reported.upstreams:
+            # map/chain keep the loop in C: this runs on every pass that changed something.
+            servers = list(chain.from_iterable(map(_SERVERS_OF, model.upstreams)))
+            self.metrics.upstreams.labels(name).set(len(model.upstreams))
+            self.metrics.servers.labels(name).set(len(servers))
+            routed = set(map(_CONTAINER_ID_OF, servers))
+            self.metrics.containers_routed.labels(name).set(len(routed))
         self.metrics.containers_discovered.labels(name).set(len(model.containers))
         by_reason: dict[str, int] = {}
         current: set[str] = set()

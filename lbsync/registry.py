@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from types import MappingProxyType
 
 from lbsync.config import DiscoveryConfig
 from lbsync.labels import parse_memo_size, trim_parse_memo
 from lbsync.model import Container
-from lbsync.routing import ParsedEntry, parse_entry
+from lbsync.routing import EntryChanges, ParsedEntry, parse_entry
 
 #: The state a container is shown in between a terminating signal and its `die`.
 STOPPING = "stopping"
 #: Label sets the parse memo may hold beyond twice the registry's before it is trimmed.
 PARSE_MEMO_SLACK = 256
+#: Change-log entries kept beyond twice the registry's size; a reader further behind reads all.
+CHANGE_LOG_SLACK = 1024
 
 
 def is_serving(container: Container | None) -> bool:
@@ -57,6 +60,11 @@ class Registry:
     Reads cost what changed: the view of each container (a stopping one shown as such) is
     kept up to date by the mutations, and `entries` re-parses only the containers that
     changed since it last ran, so a pass at 1,000 containers does not touch 1,000.
+
+    Every changed view is also appended to a change log, numbered by `epoch`: a reader that
+    remembers the epoch it last read at asks `changed_since` for the ids changed after it
+    and touches only those. The log is bounded: a reader too far behind gets None and reads
+    everything. A new discovery config re-parses every entry, so it logs every id.
     """
 
     def __init__(self) -> None:
@@ -67,6 +75,8 @@ class Registry:
         self._entries: dict[str, ParsedEntry] = {}
         self._entries_for: DiscoveryConfig | None = None  # the config `_entries` parsed with
         self._stale: set[str] = set()  # ids whose entry changed since `entries` last ran
+        self._log: list[str] = []  # ids of changed views, oldest first
+        self._log_base = 0  # the epoch of `_log[0]`
         self.generation = 0  # bumps on every change, so a pass can tell it saw the latest
 
     def __len__(self) -> int:
@@ -87,7 +97,30 @@ class Registry:
         if container_id in self._stopping:
             container = dataclasses.replace(container, state=STOPPING)
         self._views[container_id] = container
+        self._changed(container_id)
+
+    def _changed(self, container_id: str) -> None:
         self._stale.add(container_id)
+        self._log.append(container_id)
+        self._trim_log()
+
+    def _trim_log(self) -> None:
+        log = self._log
+        if len(log) > 2 * len(self._views) + CHANGE_LOG_SLACK:
+            half = len(log) // 2
+            del log[:half]
+            self._log_base += half
+
+    @property
+    def epoch(self) -> int:
+        """Where the change log is now: hand it to `changed_since` later."""
+        return self._log_base + len(self._log)
+
+    def changed_since(self, epoch: int | None) -> frozenset[str] | None:
+        """Ids whose view changed (or went) after `epoch`; None: not known, read them all."""
+        if epoch is None or epoch < self._log_base:
+            return None
+        return frozenset(self._log[epoch - self._log_base :])
 
     def upsert(self, container: Container) -> bool:
         """Store a fresh inspect; True when anything a pass reads changed."""
@@ -112,7 +145,7 @@ class Registry:
     def remove(self, container_id: str) -> bool:
         self._stopping.pop(container_id, None)
         self._views.pop(container_id, None)
-        self._stale.add(container_id)
+        self._changed(container_id)
         if self._containers.pop(container_id, None) is None:
             return False
         self.generation += 1
@@ -148,12 +181,25 @@ class Registry:
         An unchanged container keeps its entry object (a `ModelBuilder` skips it by that
         identity); labels are parsed again only when they changed.
         """
+        self._refresh_entries(discovery)
+        return list(self._entries.values())
+
+    def entries_since(self, discovery: DiscoveryConfig, epoch: int | None) -> EntryChanges:
+        """Every entry by id, with the ids that changed after `epoch` (see `EntryChanges`)."""
+        self._refresh_entries(discovery)
+        changed = self.changed_since(epoch)
+        return EntryChanges(MappingProxyType(self._entries), self.epoch, changed)
+
+    def _refresh_entries(self, discovery: DiscoveryConfig) -> None:
         cache = self._entries
         if discovery != self._entries_for:
             self._entries_for = discovery
             stale: Iterable[str] = list(self._views)
             for gone in set(cache) - set(self._views):
                 del cache[gone]
+            # Every entry is new: log them all, as changed.
+            self._log.extend(self._views)
+            self._trim_log()
         else:
             stale = self._stale
         for cid in stale:
@@ -165,4 +211,3 @@ class Registry:
         self._stale = set()
         if parse_memo_size() > 2 * len(cache) + PARSE_MEMO_SLACK:
             trim_parse_memo(entry.parsed for entry in cache.values())
-        return list(cache.values())

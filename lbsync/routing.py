@@ -17,9 +17,9 @@ import functools
 import gc
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
 from lbsync.config import DiscoveryConfig, LabelSelector, TargetConfig
@@ -43,6 +43,7 @@ __all__ = [
     "NOT_PUBLISHED",
     "NOT_RUNNING",
     "NO_ADDRESS",
+    "EntryChanges",
     "ModelBuilder",
     "ParsedEntry",
     "build_model",
@@ -75,6 +76,21 @@ class ParsedEntry(NamedTuple):
     container: Container
     parsed: ParsedContainer
     discovery: DiscoveryConfig | None = None
+
+
+class EntryChanges(NamedTuple):
+    """Every entry by container id, and which of them changed since a reader last looked.
+
+    What a registry hands a `ModelBuilder` so that a pass touches only what changed:
+    `epoch` says where its change log stands now (the builder keeps it for its next
+    question), `changed` holds the ids changed or gone since the epoch the builder asked
+    about, or None when that is not known (the builder then compares every entry).
+    `entries` may be a live view: read it during `build`, never keep it.
+    """
+
+    entries: Mapping[str, ParsedEntry]
+    epoch: int
+    changed: frozenset[str] | None
 
 
 def _same_parse_inputs(a: Container, b: Container) -> bool:
@@ -232,6 +248,9 @@ def _discovered(c: Container, services: tuple[Service, ...]) -> DiscoveredContai
 _Member = tuple[int, str, str, int, Service, Server | None, str]
 _server_key = attrgetter("container.name", "port", "address", "container.id")
 _GroupKey = tuple[str, str]
+
+
+_second = itemgetter(1)
 
 
 def _route_key(route: Route) -> tuple[int, str]:
@@ -460,17 +479,31 @@ class ModelBuilder:
         self._skips: dict[str, tuple[Skip, ...]] = {}
         self._naming_warnings: list[str] = []
         self._model: RoutingModel | None = None
+        # Whether a host / upstream object was added, replaced or dropped since `_finish`.
+        self._hosts_dirty = True
+        self._upstreams_dirty = True
+        self._epoch: int | None = None  # see `epoch`
         self._bulk = False
         self._in_order = False
 
+    @property
+    def epoch(self) -> int | None:
+        """The registry epoch of the entries the current model was built from (None: not
+        from an `EntryChanges`, or nothing built since a reset): what to ask changes after."""
+        return self._epoch
+
     def build(
         self,
-        entries: Iterable[ParsedEntry],
+        entries: Iterable[ParsedEntry] | EntryChanges,
         discovery: DiscoveryConfig,
         target: TargetConfig,
         proxy_networks: frozenset[str],
     ) -> RoutingModel:
-        """The model of `entries` (SPEC §2, §3a); see `build_model`."""
+        """The model of `entries` (SPEC §2, §3a); see `build_model`.
+
+        Given an `EntryChanges` asked for at this builder's `epoch`, it looks only at the
+        ids that changed; given anything else, it compares every entry with what it holds.
+        """
         ctx = _Context(
             target.select,
             discovery.require_healthy,
@@ -481,15 +514,35 @@ class ModelBuilder:
         )
         if ctx != self._ctx:
             self._reset(ctx)
-        fresh = {entry.container.id: entry for entry in entries}
         contribs = self._contribs
-        changed = [
-            cid
-            for cid, entry in fresh.items()
-            if (known := contribs.get(cid)) is None or known.entry is not entry
-        ]
-        gone = [cid for cid in contribs if cid not in fresh]
+        hint: frozenset[str] | None = None
+        epoch: int | None = None
+        if isinstance(entries, EntryChanges):
+            fresh: Mapping[str, ParsedEntry] = entries.entries
+            epoch = entries.epoch
+            # The changes are relative to the epoch asked about, which must be this
+            # model's: after a reset (or a model from plain entries) compare them all.
+            if self._model is not None and self._epoch is not None:
+                hint = entries.changed
+        else:
+            fresh = {entry.container.id: entry for entry in entries}
+        if hint is None:
+            changed = [
+                cid
+                for cid, entry in fresh.items()
+                if (known := contribs.get(cid)) is None or known.entry is not entry
+            ]
+            gone = [cid for cid in contribs if cid not in fresh]
+        else:
+            changed = [
+                cid
+                for cid in hint
+                if (entry := fresh.get(cid)) is not None
+                and ((known := contribs.get(cid)) is None or known.entry is not entry)
+            ]
+            gone = [cid for cid in hint if cid not in fresh and cid in contribs]
         if self._model is not None and not changed and not gone:
+            self._epoch = epoch
             return self._model
 
         # Many changes (a first pass): sort the orders once at the end rather than insert
@@ -500,13 +553,23 @@ class ModelBuilder:
         if self._bulk:
             gc.disable()
         try:
-            return self._update(fresh, changed, gone, ctx)
+            model = self._update(fresh, changed, gone, ctx)
+        except BaseException:
+            # Half-applied changes would be wrong forever after: start over next time.
+            self._reset(None)
+            raise
         finally:
             if gc_was_enabled:
                 gc.enable()
+        self._epoch = epoch
+        return model
 
     def _update(
-        self, fresh: dict[str, ParsedEntry], changed: list[str], gone: list[str], ctx: _Context
+        self,
+        fresh: Mapping[str, ParsedEntry],
+        changed: list[str],
+        gone: list[str],
+        ctx: _Context,
     ) -> RoutingModel:
         contribs = self._contribs
         # From empty, take the containers in (name, id) order: every group's members then
@@ -543,12 +606,21 @@ class ModelBuilder:
     def _finish(self, lists_changed: bool) -> RoutingModel:
         """The model, reusing the previous one's tuples (or itself) where nothing changed."""
         previous = self._model
-        hosts = tuple(map(self._hosts.__getitem__, self._host_order))
-        upstreams = tuple(map(self._upstreams.__getitem__, self._upstream_order))
+        if previous is None or self._hosts_dirty:
+            hosts = tuple(map(self._hosts.__getitem__, self._host_order))
+        else:
+            hosts = previous.hosts
+        if previous is None or self._upstreams_dirty:
+            upstreams = tuple(map(self._upstreams.__getitem__, self._upstream_order))
+        else:
+            upstreams = previous.upstreams
+        self._hosts_dirty = self._upstreams_dirty = False
         if previous is not None and not lists_changed:
             discovered, skips = previous.containers, previous.skips
         else:
-            discovered = tuple(self._discovered[cid] for _, cid in self._discovered_order)
+            discovered = tuple(
+                map(self._discovered.__getitem__, map(_second, self._discovered_order))
+            )
             skips = tuple(sorted((s for one in self._skips.values() for s in one), key=_skip_key))
         warnings = tuple(sorted([*self._conflicts.values(), *self._naming_warnings]))
         if previous is not None:
@@ -692,6 +764,7 @@ class ModelBuilder:
             if group is None:
                 if self._upstream_of.pop(key, None) is not None:
                     del self._upstreams[name]
+                    self._upstreams_dirty = True
                     if not self._bulk:
                         order = self._upstream_order
                         del order[bisect.bisect_left(order, name)]
@@ -701,22 +774,30 @@ class ModelBuilder:
                         del self._paths[host]
                 continue
             upstream = self._upstream(name, group)
-            if name not in self._upstreams:
+            known = self._upstreams.get(name)
+            if known is None:
                 if not self._bulk:
                     bisect.insort(self._upstream_order, name)
                 self._paths.setdefault(host, set()).add(path)
+            if known is not upstream:
+                self._upstreams_dirty = True
             self._upstreams[name] = upstream
             self._upstream_of[key] = upstream
         for host in hosts:
             host_obj = self._host(host)
+            known_host = self._hosts.get(host)
             if host_obj is None:
-                if self._hosts.pop(host, None) is not None and not self._bulk:
-                    order = self._host_order
-                    del order[bisect.bisect_left(order, host)]
-            else:
-                if host not in self._hosts and not self._bulk:
+                if known_host is not None:
+                    del self._hosts[host]
+                    self._hosts_dirty = True
+                    if not self._bulk:
+                        order = self._host_order
+                        del order[bisect.bisect_left(order, host)]
+            elif known_host is not host_obj:
+                if known_host is None and not self._bulk:
                     bisect.insort(self._host_order, host)
                 self._hosts[host] = host_obj
+                self._hosts_dirty = True
         if self._bulk:
             self._upstream_order = sorted(self._upstreams)
             self._host_order = sorted(self._hosts)
@@ -750,6 +831,7 @@ class ModelBuilder:
         self._host_order = sorted(self._hosts)
         self._naming_warnings = warnings
         self._named_together = bool(self._explicit)
+        self._hosts_dirty = self._upstreams_dirty = True
 
 
 def build_model(

@@ -11,7 +11,7 @@ from lbsync import labels as labels_memo
 from lbsync.config import DiscoveryConfig
 from lbsync.docker_api import Event
 from lbsync.model import Container
-from lbsync.registry import PARSE_MEMO_SLACK, STOPPING, Registry, is_serving
+from lbsync.registry import CHANGE_LOG_SLACK, PARSE_MEMO_SLACK, STOPPING, Registry, is_serving
 from lbsync.watcher import Watcher, is_terminating_kill, signal_name
 
 
@@ -143,6 +143,61 @@ def test_entries_keep_the_objects_of_unchanged_containers() -> None:
     assert sorted(e.container.name for e in registry.entries(discovery)) == ["web-1", "web-2"]
     other = dataclasses.replace(discovery, label_prefix="other")
     assert all(not e.parsed.enabled for e in registry.entries(other))  # a new config: all
+
+
+def test_the_change_log_names_what_changed_since_an_epoch() -> None:
+    registry = Registry()
+    a, b = "a" * 64, "b" * 64
+    assert registry.changed_since(None) is None  # no epoch: the reader must read everything
+    start = registry.epoch
+    registry.upsert(make(a))
+    registry.upsert(make(b, name="api"))
+    assert registry.changed_since(start) == frozenset({a, b})
+    middle = registry.epoch
+    assert registry.changed_since(middle) == frozenset()
+    assert not registry.upsert(make(a))  # the same inspect again: nothing to log
+    assert registry.epoch == middle
+    registry.mark_stopping(b)
+    assert registry.changed_since(middle) == frozenset({b})
+    registry.upsert(make(a, health="healthy"))
+    registry.remove(b)
+    assert registry.changed_since(middle) == frozenset({a, b})
+    assert registry.changed_since(start) == frozenset({a, b})
+
+
+def test_a_reader_too_far_behind_the_bounded_log_reads_everything() -> None:
+    registry = Registry()
+    registry.upsert(make())
+    start = registry.epoch
+    for i in range(3 * CHANGE_LOG_SLACK):
+        registry.upsert(make(health="healthy" if i % 2 else "unhealthy"))
+        recent = registry.epoch
+    registry.upsert(make(health="starting"))
+    assert registry.changed_since(start) is None  # its part of the log is gone
+    assert registry.changed_since(recent) == frozenset({"a" * 64})
+    assert registry.epoch - start == 3 * CHANGE_LOG_SLACK + 1  # epochs keep counting
+
+
+def test_entries_since_gives_every_entry_and_the_changes() -> None:
+    registry = Registry()
+    discovery = DiscoveryConfig()
+    for i in range(3):
+        registry.upsert(make(str(i) * 64, name=f"web-{i}"))
+    first = registry.entries_since(discovery, None)
+    assert first.changed is None
+    assert sorted(first.entries) == [str(i) * 64 for i in range(3)]
+    registry.upsert(make("1" * 64, name="web-1", health="healthy"))
+    second = registry.entries_since(discovery, first.epoch)
+    assert second.changed == frozenset({"1" * 64})
+    assert second.entries["1" * 64].container.health == "healthy"
+    assert second.entries["0" * 64] is first.entries["0" * 64]
+    with pytest.raises(TypeError):
+        second.entries["x"] = second.entries["0" * 64]  # type: ignore[index]
+    # Another discovery config re-parses every entry: all of them changed.
+    other = dataclasses.replace(discovery, label_prefix="other")
+    third = registry.entries_since(other, second.epoch)
+    assert third.changed == frozenset(str(i) * 64 for i in range(3))
+    assert registry.entries_since(other, third.epoch).changed == frozenset()
 
 
 @pytest.mark.parametrize(

@@ -14,12 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lbsync.config import DiscoveryConfig, LabelSelector, TargetConfig
 from lbsync.model import Container, NetworkAttachment, PublishedPort
-from lbsync.routing import ModelBuilder, ParsedEntry, build_model, parse_entry
+from lbsync.registry import Registry
+from lbsync.routing import EntryChanges, ModelBuilder, ParsedEntry, build_model, parse_entry
 
 # HYPOTHESIS_PROFILE=long (README: the long hostile-input run) tries 10x more histories.
 EXAMPLES = 3000 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 300
@@ -129,6 +131,93 @@ def test_incremental_model_equals_the_model_from_scratch(
         slots = dict(zip(slots, entries, strict=True))
         incremental = builder.build(entries, discovery, target, networks)
         assert incremental == build_model(entries, discovery, target, networks)
+
+
+def slot_id(slot: int) -> str:
+    return hashlib.sha256(f"slot{slot}".encode()).hexdigest()
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(steps, contexts, st.booleans(), st.booleans()), min_size=1, max_size=25))
+def test_model_from_the_registrys_changes_equals_the_model_from_scratch(
+    history: list[
+        tuple[
+            tuple[int, Container | None],
+            tuple[DiscoveryConfig, TargetConfig, frozenset[str]],
+            bool,
+            bool,
+        ]
+    ],
+) -> None:
+    # The daemon's way: the builder asks the registry what changed since its last model and
+    # looks at those ids only; several changes may come between two passes.
+    registry = Registry()
+    builder = ModelBuilder()
+    for (slot, container), (discovery, target, networks), stop, build_now in history:
+        if container is None:
+            registry.remove(slot_id(slot))
+        else:
+            registry.upsert(container)
+        if stop:
+            registry.mark_stopping(slot_id(slot))
+        if not build_now:
+            continue
+        changes = registry.entries_since(discovery, builder.epoch)
+        incremental = builder.build(changes, discovery, target, networks)
+        assert builder.epoch == registry.epoch
+        assert incremental == build_model(registry.entries(discovery), discovery, target, networks)
+
+
+def test_a_build_from_changes_looks_only_at_the_ids_named() -> None:
+    entries = {e.container.id: e for e in
+               (entry(f"app{i}", f"h{i}.test", f"172.20.0.{i + 2}") for i in range(3))}  # fmt: skip
+    builder = ModelBuilder()
+    first = builder.build(EntryChanges(entries, 1, None), DISCOVERY, TARGET, frozenset())
+    assert builder.epoch == 1
+    moved = entry("app1", "h1.test", "172.20.0.99")
+    entries[moved.container.id] = moved
+    # Nothing named: the builder trusts the registry's log and keeps its model.
+    assert (
+        builder.build(EntryChanges(entries, 2, frozenset()), DISCOVERY, TARGET, frozenset())
+        is first
+    )
+    named = EntryChanges(entries, 3, frozenset({moved.container.id}))
+    second = builder.build(named, DISCOVERY, TARGET, frozenset())
+    assert second == build_model(entries.values(), DISCOVERY, TARGET, frozenset())
+    assert builder.epoch == 3
+    # Another context starts over, whatever the changes say.
+    other = builder.build(
+        EntryChanges(entries, 4, frozenset()), DISCOVERY, TARGET, frozenset({"front"})
+    )
+    assert other is not second and builder.epoch == 4
+    # Plain entries say nothing about epochs: the next build compares everything again.
+    builder.build(list(entries.values()), DISCOVERY, TARGET, frozenset({"front"}))
+    assert builder.epoch is None
+
+
+def test_a_build_that_fails_half_way_starts_over_next_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = [entry(f"app{i}", f"h{i}.test", f"172.20.0.{i + 2}") for i in range(3)]
+    builder = ModelBuilder()
+    builder.build(entries, DISCOVERY, TARGET, frozenset())
+    entries[0] = entry("app0", "h0.test", "172.20.0.50")
+    entries[2] = entry("app2", "h2.test", "172.20.0.52")
+    calls = 0
+    real_add = ModelBuilder._add
+
+    def failing_add(self: ModelBuilder, *args: object) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("a bug")
+        return real_add(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ModelBuilder, "_add", failing_add)
+    with pytest.raises(RuntimeError):
+        builder.build(entries, DISCOVERY, TARGET, frozenset())
+    monkeypatch.setattr(ModelBuilder, "_add", real_add)
+    assert builder.build(entries, DISCOVERY, TARGET, frozenset()) == build_model(
+        entries, DISCOVERY, TARGET, frozenset()
+    )
 
 
 def entry(name: str, host: str, ip: str, *, state: str = "running") -> ParsedEntry:
