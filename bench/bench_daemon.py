@@ -68,6 +68,7 @@ PROXY_LABEL = "lbsync-bench-proxy"
 SERVER_RE = re.compile(rb"server 127\.0\.0\.1:(\d+) ")
 STOP_ACTIONS = frozenset({"kill", "die", "stop"})
 SETUP_CONCURRENCY = 8  # more parallel `docker run`s gain little here and strain dockerd 20.10
+RM_BATCH = 10  # containers per `docker rm --force`: see Fleet.cleanup
 TARGET_P99_MS = 50.0
 TARGET_BURST_RELOADS = 3
 TARGET_CPU_MS = 2.0
@@ -187,7 +188,7 @@ class Fleet:
                 "ps", "-aq", "--no-trunc", "--filter", f"label={RUN_LABEL}={self.run_id}"
             )
             ids.update(listed.split())
-        batches = [sorted(ids)[i : i + 50] for i in range(0, len(ids), 50)]
+        batches = [sorted(ids)[i : i + RM_BATCH] for i in range(0, len(ids), RM_BATCH)]
 
         def remove(batch: list[str]) -> None:
             subprocess.run(
@@ -197,8 +198,9 @@ class Fleet:
                 check=False,
             )
 
-        # One batch at a time: this engine (20.10) once deadlocked (even /info hung) under
-        # four parallel `rm --force` batches of running containers beside other work.
+        # One small batch at a time: this engine (20.10) deadlocks (even /info hangs) under
+        # many concurrent `rm --force` of running containers (the CLI removes a batch in
+        # parallel); batches of 50 did it twice in one session with nothing else running.
         for batch in batches:
             remove(batch)
         self.ids.clear()
