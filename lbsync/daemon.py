@@ -32,13 +32,15 @@ from lbsync.debounce import Debouncer
 from lbsync.docker_api import ApiVersionTooOld, DockerClient, Event, PermissionDenied
 from lbsync.filewatch import open_change_signal
 from lbsync.haproxy import (
+    BackendSlots,
     HAProxySocketError,
+    SlotMap,
     SlotTable,
-    SlotView,
+    SlottedUpstream,
     apply_runtime,
-    assign_slots,
+    assign_backend,
+    backend_view,
     runtime_commands,
-    slot_view,
     structure_key,
 )
 from lbsync.labels import parse_services
@@ -73,18 +75,40 @@ _CONTAINER_ID_OF = attrgetter("container.id")
 
 @dataclass(frozen=True, slots=True)
 class RuntimeSlots:
-    """haproxy-runtime: which container holds which server slot of each backend."""
+    """haproxy-runtime: which container holds which server slot of each backend.
+
+    `derive` is `assign_slots` + `slot_view` + `structure_key` that costs what changed: an
+    upstream that is the same object as last time has the same servers, so it keeps its
+    slots (and their very objects, which `render_each` and `runtime_commands` skip).
+    """
 
     table: SlotTable
-    view: SlotView
+    view: SlotMap
     structure: Hashable
+    per_backend: int
+    model: RoutingModel  # the model these slots were derived for
 
     @classmethod
     def derive(
         cls, previous: RuntimeSlots | None, model: RoutingModel, per_backend: int
     ) -> RuntimeSlots:
-        table = assign_slots(previous.table if previous else None, model, per_backend)
-        return cls(table, slot_view(table, model), structure_key(model, table))
+        same_size = previous is not None and previous.per_backend == per_backend
+        if same_size and previous is not None and model is previous.model:
+            return previous
+        backends: dict[str, BackendSlots] = {}
+        fresh: dict[str, SlottedUpstream] = {}
+        for upstream in model.upstreams:
+            name = upstream.name
+            old = previous.table.get(name) if previous is not None else None
+            pair = previous.view.pair(name) if same_size and previous is not None else None
+            if pair is not None and pair.upstream is upstream and old is not None:
+                backends[name], fresh[name] = old, pair
+                continue
+            slots = assign_backend(old, upstream, per_backend)
+            backends[name] = slots
+            fresh[name] = SlottedUpstream(upstream, backend_view(slots, upstream))
+        table = SlotTable.of(backends)
+        return cls(table, SlotMap(fresh), structure_key(model, table), per_backend, model)
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,10 +60,10 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from lbsync.model import RoutingModel, Server
+from lbsync.model import RoutingModel, Server, Upstream
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -242,22 +242,35 @@ def assign_slots(
     """
     if slots_per_backend < 1:
         raise ValueError(f"slots_per_backend must be at least 1, got {slots_per_backend}")
-    backends: dict[str, BackendSlots] = {}
-    for upstream in model.upstreams:
-        old = previous.get(upstream.name) if previous is not None else None
-        capacity = max(slots_per_backend, old.capacity if old is not None else 0)
-        servers = _unique_servers(upstream.servers)
-        live = {_key(s) for s in servers}
-        kept = {index: key for index, key in (old.assigned if old else ()) if key in live}
-        newcomers = [_key(s) for s in servers if _key(s) not in kept.values()]
-        while len(kept) + len(newcomers) > capacity:
-            capacity *= 2
-        free = (i for i in range(1, capacity + 1) if i not in kept)
-        assigned = dict(kept)
-        for key in newcomers:
-            assigned[next(free)] = key
-        backends[upstream.name] = BackendSlots(capacity, tuple(sorted(assigned.items())))
-    return SlotTable.of(backends)
+    return SlotTable.of(
+        {
+            upstream.name: assign_backend(
+                previous.get(upstream.name) if previous is not None else None,
+                upstream,
+                slots_per_backend,
+            )
+            for upstream in model.upstreams
+        }
+    )
+
+
+def assign_backend(
+    old: BackendSlots | None, upstream: Upstream, slots_per_backend: int
+) -> BackendSlots:
+    """One backend's part of `assign_slots`: `old` is what it had (None: a new backend)."""
+    capacity = max(slots_per_backend, old.capacity if old is not None else 0)
+    servers = _unique_servers(upstream.servers)
+    live = {_key(s) for s in servers}
+    kept = {index: key for index, key in (old.assigned if old else ()) if key in live}
+    held = set(kept.values())
+    newcomers = [_key(s) for s in servers if _key(s) not in held]
+    while len(kept) + len(newcomers) > capacity:
+        capacity *= 2
+    free = (i for i in range(1, capacity + 1) if i not in kept)
+    assigned = dict(kept)
+    for key in newcomers:
+        assigned[next(free)] = key
+    return BackendSlots(capacity, tuple(sorted(assigned.items())))
 
 
 def slot_view(table: SlotTable, model: RoutingModel) -> dict[str, tuple[Slot, ...]]:
@@ -271,16 +284,66 @@ def slot_view(table: SlotTable, model: RoutingModel) -> dict[str, tuple[Slot, ..
         slots = table.get(upstream.name)
         if slots is None:
             raise ValueError(f"upstream {upstream.name!r} has no slots in the table")
-        by_key = {_key(s): s for s in reversed(upstream.servers)}  # first entry wins
-        holders = slots.as_dict()
-        missing = set(by_key) - set(holders.values())
-        if missing:
-            raise ValueError(f"upstream {upstream.name!r}: servers without a slot: {missing}")
-        view[upstream.name] = tuple(
-            Slot(index, by_key.get(holders[index]) if index in holders else None)
-            for index in range(1, slots.capacity + 1)
-        )
+        view[upstream.name] = backend_view(slots, upstream)
     return view
+
+
+def backend_view(slots: BackendSlots, upstream: Upstream) -> tuple[Slot, ...]:
+    """One upstream's part of `slot_view`: its slots 1..capacity."""
+    by_key = {_key(s): s for s in reversed(upstream.servers)}  # first entry wins
+    holders = slots.as_dict()
+    missing = set(by_key) - set(holders.values())
+    if missing:
+        raise ValueError(f"upstream {upstream.name!r}: servers without a slot: {missing}")
+    return tuple(
+        Slot(index, by_key.get(holders[index]) if index in holders else None)
+        for index in range(1, slots.capacity + 1)
+    )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SlottedUpstream:
+    """An upstream with its server slots: what `builtin:haproxy` renders one backend from
+    (`upstreams | with_slots(slots)`). Kept from pass to pass while neither changed, so
+    `render_each` re-renders only the backends whose slots moved."""
+
+    upstream: Upstream
+    slots: tuple[Slot, ...]
+
+
+class SlotMap(Mapping[str, tuple[Slot, ...]]):
+    """The template's `slots` (upstream name -> its slots), holding each upstream paired
+    with its slots for `with_slots`."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, pairs: Mapping[str, SlottedUpstream]) -> None:
+        self._pairs = pairs
+
+    def __getitem__(self, name: str) -> tuple[Slot, ...]:
+        return self._pairs[name].slots
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._pairs)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def pair(self, name: str) -> SlottedUpstream | None:
+        return self._pairs.get(name)
+
+    def paired(self, upstream: Upstream) -> SlottedUpstream:
+        pair = self._pairs.get(upstream.name)
+        if pair is None or pair.upstream is not upstream:
+            return SlottedUpstream(upstream, self[upstream.name])
+        return pair
+
+
+def with_slots(upstreams: Iterable[Upstream], slots: SlotView) -> tuple[SlottedUpstream, ...]:
+    """`{{ upstreams | with_slots(slots) }}`: each upstream paired with its slots."""
+    if isinstance(slots, SlotMap):
+        return tuple(map(slots.paired, upstreams))
+    return tuple(SlottedUpstream(u, tuple(slots[u.name])) for u in upstreams)
 
 
 def structure_key(model: RoutingModel, table: SlotTable) -> StructureKey:
@@ -324,6 +387,8 @@ def runtime_commands(old_view: SlotView, new_view: SlotView) -> list[str]:
     fills: list[str] = []
     for backend in sorted(new_view):
         old_slots, new_slots = old_view[backend], new_view[backend]
+        if old_slots is new_slots:
+            continue  # kept from the last pass: nothing in it moved
         if [s.index for s in old_slots] != [s.index for s in new_slots]:
             raise ValueError(
                 f"backend {backend!r} changed from {len(old_slots)} to {len(new_slots)} "

@@ -21,6 +21,7 @@ import jinja2
 
 import lbsync
 from lbsync.config import TargetConfig
+from lbsync.haproxy import with_slots
 from lbsync.model import Host, RoutingModel
 from lbsync.quoting import UnsafeValueError, haproxy_quote, nginx_quote
 
@@ -195,6 +196,7 @@ def _make_environment() -> jinja2.Environment:
     env.filters["render_each"] = render_each
     env.filters["longest"] = longest
     env.filters["match_order"] = match_order
+    env.filters["with_slots"] = with_slots
     return env
 
 

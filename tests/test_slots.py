@@ -11,9 +11,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from lbsync.config import TargetConfig
+from lbsync.daemon import RuntimeSlots
 from lbsync.haproxy import (
     BackendSlots,
     Slot,
@@ -25,6 +30,7 @@ from lbsync.haproxy import (
     structure_key,
 )
 from lbsync.model import ContainerRef, Host, Route, RoutingModel, Server, Upstream
+from lbsync.render import FragmentCache, load_template, render
 
 # --- builders -------------------------------------------------------------------------------
 
@@ -435,3 +441,71 @@ def test_runtime_commands_from_assign_slots() -> None:
         "set weight web/s1 1",
         "set server web/s1 state ready",
     ]
+
+
+# --- RuntimeSlots.derive: the daemon's incremental assign_slots + slot_view + structure_key ----
+
+BACKENDS = ["a", "b", "c"]
+MEMBERS = ["app-1", "app-2", "app-3", "app-4", "app-5"]
+step_strategy = st.tuples(
+    st.fixed_dictionaries(
+        {name: st.none() | st.frozensets(st.sampled_from(MEMBERS), max_size=5) for name in BACKENDS}
+    ),
+    st.sampled_from([2, 4]),  # slots per backend (a config reload may change it)
+    st.booleans(),  # whether the pass succeeded (the daemon then keeps its slots)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(step_strategy, min_size=1, max_size=15))
+def test_derive_equals_the_tables_from_scratch(
+    history: list[tuple[dict[str, frozenset[str] | None], int, bool]],
+) -> None:
+    previous: RuntimeSlots | None = None
+    objects: dict[str, Upstream] = {}  # reused while equal, as ModelBuilder does
+    for members, per_backend, applied in history:
+        ups = []
+        for name, names in members.items():
+            if names is None:
+                continue
+            fresh = upstream(name, *(server(n) for n in sorted(names)))
+            known = objects.get(name)
+            ups.append(known if known == fresh else fresh)
+        objects = {u.name: u for u in ups}
+        model = routing(*ups)
+        derived = RuntimeSlots.derive(previous, model, per_backend)
+        table = assign_slots(previous.table if previous else None, model, per_backend)
+        assert derived.table == table
+        assert dict(derived.view) == slot_view(table, model)
+        assert derived.structure == structure_key(model, table)
+        if previous is not None and previous.per_backend == per_backend:
+            for u in model.upstreams:
+                before = previous.view.pair(u.name)
+                if before is not None and before.upstream is u:
+                    assert derived.view[u.name] is previous.view[u.name]  # kept, not rebuilt
+        if applied:
+            previous = derived
+
+
+def test_a_pass_re_renders_only_the_backend_whose_slots_moved() -> None:
+    target = TargetConfig(
+        name="haproxy",
+        template="builtin:haproxy",
+        output=Path("haproxy.cfg"),
+        reload="haproxy-runtime",
+        runtime_socket=Path("/run/haproxy/admin.sock"),
+        check="none",
+    )
+    template = load_template(target)
+    ups = [upstream(f"u{i}", server(f"app-{i}")) for i in range(5)]
+    first = routing(*ups)
+    slots = RuntimeSlots.derive(None, first, 4)
+    fragments = FragmentCache()
+    render(template, first, target, slots=slots.view, fragments=fragments)
+    ups[2] = upstream("u2", server("app-2"), server("app-9"))
+    second = RoutingModel(first.hosts, tuple(ups), ())
+    slots = RuntimeSlots.derive(slots, second, 4)
+    before = fragments.rendered
+    text = render(template, second, target, slots=slots.view, fragments=fragments)
+    assert fragments.rendered - before == 1
+    assert text == render(template, second, target, slots=slot_view(slots.table, second))
