@@ -552,6 +552,11 @@ def test_stack_deploys_lbsync_on_the_manager(swarm: SwarmEngine, tmp_path: Path)
         swarm.docker("service", "scale", "--detach", f"{stack}_whoami=3")
         wait_for(lambda: len(task_ips()) == 3 and routed() == task_ips(), 60, 0.2, "scaled")
     except BaseException:
+        # The service's tasks with their states and errors too: in two failures (both in a
+        # full run, never alone) the logs were empty, so the task itself never started.
+        for what in ("lbsync", "whoami", "nginx"):
+            tasks = swarm.docker("service", "ps", "--no-trunc", f"{stack}_{what}", check=False)
+            print(f"--- docker service ps {stack}_{what}\n{tasks.out}{tasks.err}")
         print(swarm.docker("service", "logs", f"{stack}_lbsync", check=False).out[-4000:])
         raise
     finally:
