@@ -30,12 +30,14 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import secrets
 import socket
 import subprocess
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 BACKEND_IMAGE = "lbsync-lab/backend:latest"
@@ -105,12 +107,42 @@ def images_available() -> bool:
     return proc.returncode == 0
 
 
+# Ports for the tests' listeners come from below the kernel's ephemeral range, which every
+# outgoing connection draws its local port from: a port picked there (bind to port 0) can be
+# taken by a client socket before the container binds it. Seen in CI: nginx's new listen
+# port held by a connection, `bind() to 127.0.0.1:45873 failed (98: Address already in use)`.
+PORT_FLOOR = 20000
+_handed_out: set[int] = set()  # never the same port twice in one test run
+
+
+def _port_ceiling() -> int:
+    try:
+        first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768
+    return first_ephemeral - 1
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, outside the ephemeral range."""
+    ceiling = _port_ceiling()
+    tries = 200 if ceiling - PORT_FLOOR > 1000 else 0
+    for _ in range(tries):
+        port = random.randint(PORT_FLOOR, ceiling)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    # An unusual ephemeral range leaves no room below it: let the kernel pick.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        picked: int = sock.getsockname()[1]
+        return picked
 
 
 def docker(*args: str, timeout: float = 60.0, check: bool = True) -> str:
