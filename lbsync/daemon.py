@@ -17,7 +17,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain, compress
 from operator import attrgetter, is_not
@@ -37,11 +37,12 @@ from lbsync.haproxy import (
     SlotMap,
     SlotTable,
     SlottedUpstream,
+    StructureKey,
     apply_runtime,
     assign_backend,
     backend_view,
+    hosts_structure,
     runtime_commands,
-    structure_key,
 )
 from lbsync.labels import parse_services
 from lbsync.logs import current_pass, current_target, setup_logging
@@ -77,14 +78,14 @@ _CONTAINER_ID_OF = attrgetter("container.id")
 class RuntimeSlots:
     """haproxy-runtime: which container holds which server slot of each backend.
 
-    `derive` is `assign_slots` + `slot_view` + `structure_key` that costs what changed: an
+    `derive` is `assign_slots` + `slot_view` + `structure_key` at the cost of what changed: an
     upstream that is the same object as last time has the same servers, so it keeps its
     slots (and their very objects, which `render_each` and `runtime_commands` skip).
     """
 
     table: SlotTable
     view: SlotMap
-    structure: Hashable
+    structure: StructureKey
     per_backend: int
     model: RoutingModel  # the model these slots were derived for
 
@@ -108,7 +109,15 @@ class RuntimeSlots:
             backends[name] = slots
             fresh[name] = SlottedUpstream(upstream, backend_view(slots, upstream))
         table = SlotTable.of(backends)
-        return cls(table, SlotMap(fresh), structure_key(model, table), per_backend, model)
+        if previous is not None and model.hosts is previous.model.hosts:
+            hosts_key = previous.structure[0]  # the same hosts: the same routes
+        else:
+            hosts_key = hosts_structure(model.hosts)
+        backends_key = tuple(
+            (u.name, u.balance, backends[u.name].capacity) for u in model.upstreams
+        )
+        structure = (hosts_key, backends_key)
+        return cls(table, SlotMap(fresh), structure, per_backend, model)
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,7 +63,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from lbsync.model import RoutingModel, Server, Upstream
+from lbsync.model import Host, RoutingModel, Server, Upstream
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -206,10 +206,9 @@ class Slot:
 # The template's `slots` variable: upstream name -> its slots, index 1..capacity.
 SlotView = Mapping[str, tuple[Slot, ...]]
 
-StructureKey = tuple[
-    tuple[tuple[str, tuple[tuple[str, str], ...]], ...],  # hosts: (name, ((path, upstream), ..))
-    tuple[tuple[str, str, int], ...],  # backends: (name, balance, slot count)
-]
+HostsKey = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # (name, ((path, upstream), ..))
+BackendsKey = tuple[tuple[str, str, int], ...]  # (name, balance, slot count)
+StructureKey = tuple[HostsKey, BackendsKey]
 
 
 def _key(server: Server) -> SlotKey:
@@ -351,15 +350,19 @@ def structure_key(model: RoutingModel, table: SlotTable) -> StructureKey:
     methods and slot counts. Equal keys: the servers can move by runtime commands; different
     keys: the written config must be reloaded. (Target settings such as `listen` are not in
     it: a changed target config needs a reload too.)"""
-    hosts = tuple(
-        (host.name, tuple((route.path, route.upstream.name) for route in host.routes))
-        for host in model.hosts
-    )
     backends = tuple(
         (upstream.name, upstream.balance, table[upstream.name].capacity)
         for upstream in model.upstreams
     )
-    return (hosts, backends)
+    return (hosts_structure(model.hosts), backends)
+
+
+def hosts_structure(hosts: Iterable[Host]) -> HostsKey:
+    """The hosts part of `structure_key`: names and routes (path, upstream name)."""
+    return tuple(
+        (host.name, tuple((route.path, route.upstream.name) for route in host.routes))
+        for host in hosts
+    )
 
 
 def _endpoint(server: Server) -> tuple[str, int, int]:
