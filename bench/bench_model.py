@@ -15,8 +15,8 @@ Phases, each timed over `--runs` runs (best and median, `gc.collect()` before ea
 * `parse (cold)`: the proxies and `Registry.entries_since` on a fresh registry with the
   label parser's memo cleared: `parse_services` for every container (replicas with equal
   labels still share one parse within the run, as they do in the daemon).
-* `build_model`, `render + encode` (builtin:nginx, or the `--template` builtin; then
-  `str.encode`: the daemon keeps the bytes with the model they came from), `compare` (with
+* `build_model`, `render + encode` (builtin:nginx, or the `--template` builtin, to bytes
+  as the daemon does: `render_bytes` joins the blocks' bytes once), `compare` (with
   the previous output).
 * `cold pass`: the four above, back to back: the first pass after start.
 * `steady pass`: a second pass over the same registry with the daemon's memory (its
@@ -57,7 +57,7 @@ import lbsync.labels
 from lbsync.config import Config, DiscoveryConfig, TargetConfig, parse_config
 from lbsync.model import Container, NetworkAttachment, RoutingModel
 from lbsync.registry import Registry
-from lbsync.render import CompiledTemplate, FragmentCache, load_template, render
+from lbsync.render import CompiledTemplate, FragmentCache, load_template, render_bytes
 from lbsync.routing import ModelBuilder
 from lbsync.selection import ProxyTracker
 
@@ -208,8 +208,8 @@ class Pass:
     def _render(self, model: RoutingModel) -> bytes:
         """The file's bytes, kept with the model they were rendered from (as the daemon)."""
         if self.rendered[0] is not model:
-            text = render(self.template, model, self.target, fragments=self.fragments)
-            self.rendered = (model, text.encode())
+            data = render_bytes(self.template, model, self.target, fragments=self.fragments)
+            self.rendered = (model, data)
         return self.rendered[1]
 
 

@@ -50,7 +50,13 @@ from lbsync.metrics import Metrics
 from lbsync.model import Container, RoutingModel, Upstream
 from lbsync.proxy import CheckFailed, ReloadFailed, check, reload
 from lbsync.registry import Registry
-from lbsync.render import CompiledTemplate, FragmentCache, TemplateError, load_template, render
+from lbsync.render import (
+    CompiledTemplate,
+    FragmentCache,
+    TemplateError,
+    load_template,
+    render_bytes,
+)
 from lbsync.routing import NOT_HEALTHY, NOT_RUNNING, ModelBuilder
 from lbsync.selection import ProxyTracker, is_proxy, uses_containers
 from lbsync.watcher import Change, Watcher
@@ -293,13 +299,13 @@ class Daemon:
             data = state.rendered_data
         else:
             try:
-                text = render(state.template, model, target, slots=view, fragments=state.fragments)
+                data = render_bytes(
+                    state.template, model, target, slots=view, fragments=state.fragments
+                )
             except TemplateError as exc:
                 log.error("target %s: %s", target.name, exc)
                 state.last_error = str(exc)
                 return False
-            data = text.encode()
-            del text  # freed now, not at the end of the pass: the bytes are the copy kept
             if state.on_disk is not None and data == state.on_disk:
                 data = state.on_disk  # one object for both, not two equal copies
             state.rendered, state.rendered_data = inputs, data

@@ -39,6 +39,7 @@ from lbsync.render import (
     load_template,
     match_order,
     render,
+    render_bytes,
 )
 from tests.conftest import require_binary
 from tests.lab import free_port
@@ -521,6 +522,15 @@ def test_golden(name: str, haproxy_template: CompiledTemplate) -> None:
         golden.write_text(text, encoding="utf-8")
     assert golden.exists(), f"{golden} is missing: run with LBSYNC_UPDATE_GOLDEN=1"
     assert text == golden.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_golden_as_the_daemon_writes_it(name: str, haproxy_template: CompiledTemplate) -> None:
+    routing, tgt, slots = FIXTURES[name]()
+    golden = (GOLDEN_DIR / f"{name}.cfg").read_bytes()
+    cache = FragmentCache()
+    for _ in range(2):  # rendered, then reused
+        assert render_bytes(haproxy_template, routing, tgt, slots=slots, fragments=cache) == golden
 
 
 def test_every_golden_file_has_a_fixture() -> None:

@@ -37,6 +37,7 @@ from lbsync.render import (
     TemplateError,
     load_template,
     render,
+    render_bytes,
 )
 from tests.conftest import require_binary
 from tests.lab import free_port
@@ -279,6 +280,16 @@ def test_golden(name: str, nginx_template: CompiledTemplate) -> None:
         golden.write_text(text, encoding="utf-8")
     assert golden.exists(), f"{golden} is missing: run with LBSYNC_UPDATE_GOLDEN=1"
     assert text == golden.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_golden_as_the_daemon_writes_it(name: str, nginx_template: CompiledTemplate) -> None:
+    # The daemon assembles the file from its blocks' bytes (render_bytes): the same bytes.
+    routing, tgt = FIXTURES[name]()
+    golden = (GOLDEN_DIR / f"{name}.conf").read_bytes()
+    cache = FragmentCache()
+    assert render_bytes(nginx_template, routing, tgt, fragments=cache) == golden
+    assert render_bytes(nginx_template, routing, tgt, fragments=cache) == golden  # reused
 
 
 def test_every_golden_file_has_a_fixture() -> None:
@@ -639,6 +650,49 @@ def test_render_each_renders_only_the_blocks_of_new_objects() -> None:
     text = render(template, second, moved_listen, fragments=cache)
     assert cache.rendered == 22
     assert "listen 127.0.0.1:8081;" in text and "listen 127.0.0.1:80;" not in text
+
+
+def test_render_bytes_follows_changes_as_render_does() -> None:
+    tgt = target()
+    template = load_template(tgt)
+    cache = FragmentCache()
+    first = fleet_model(5)
+    assert (
+        render_bytes(template, first, tgt, fragments=cache) == render(template, first, tgt).encode()
+    )
+    changed = fleet_model(5, moved=2)
+    hosts = tuple(changed.hosts[2] if i == 2 else h for i, h in enumerate(first.hosts))
+    upstreams = tuple(changed.upstreams[2] if i == 2 else u for i, u in enumerate(first.upstreams))
+    second = RoutingModel(hosts, upstreams, ())
+    data = render_bytes(template, second, tgt, fragments=cache)
+    assert data == render(template, second, tgt).encode()
+    assert b"127.0.0.3:8001" in data
+    assert (cache.rendered, cache.reused) == (12, 8)  # as render's cache: two blocks again
+    fewer = RoutingModel(hosts[:3], upstreams[:3], ())
+    assert (
+        render_bytes(template, fewer, tgt, fragments=cache) == render(template, fewer, tgt).encode()
+    )
+    # A text render with the same cache starts over (blocks kept as text, not bytes).
+    assert render(template, fewer, tgt, fragments=cache) == render(template, fewer, tgt)
+
+
+def test_a_user_template_may_filter_what_render_each_gives(tmp_path: Path) -> None:
+    path = tmp_path / "upper.j2"
+    path.write_text(
+        EACH_TEMPLATE.replace("render_each(block) -}}", "render_each(block) | upper -}}")
+    )
+    tgt = target(template=str(path))
+    template = load_template(tgt)
+    data = render_bytes(template, fleet_model(2), tgt, fragments=FragmentCache())
+    assert data.startswith(b"U0: 127.0.0.1:8000")
+    assert data == render(template, fleet_model(2), tgt).encode()
+
+
+def test_assemble_refuses_markers_a_template_changed() -> None:
+    cache = FragmentCache()
+    cache.prepare(load_template(target()), target(), as_bytes=True)
+    with pytest.raises(ValueError, match="changed by the template"):
+        cache.assemble("no marker\x00")
 
 
 def test_render_each_wants_a_macro(tmp_path: Path) -> None:
