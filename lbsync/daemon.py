@@ -382,14 +382,8 @@ class Daemon:
         """Write the file (it must always describe the truth), then move the slots live."""
         target = state.config
         assert target.runtime_socket is not None
-        try:
-            await asyncio.to_thread(write_atomic, target.output, data)
-        except WriteError as exc:
-            log.error("target %s: %s (the old file is untouched)", target.name, exc)
-            self.metrics.writes.labels(target.name, "error").inc()
-            state.last_error = f"write failed: {exc}"
+        if not await self._write(state, data):
             return False
-        self.metrics.writes.labels(target.name, "ok").inc()
         state.on_disk = data
         commands = runtime_commands(old.view, new.view)
         try:
@@ -409,11 +403,9 @@ class Daemon:
         for event_ns in event_times:
             self.metrics.event_to_reload.labels(target_name).observe(max(0.0, now - event_ns / 1e9))
 
-    async def _write_and_check(
-        self, state: TargetState, data: bytes, proxies: list[Container]
-    ) -> bool:
+    async def _write(self, state: TargetState, data: bytes) -> bool:
+        """The atomic write of a target's file, counted; False (logged) when it failed."""
         target = state.config
-        previous = state.on_disk
         try:
             await asyncio.to_thread(write_atomic, target.output, data)
         except WriteError as exc:
@@ -422,6 +414,15 @@ class Daemon:
             state.last_error = f"write failed: {exc}"
             return False
         self.metrics.writes.labels(target.name, "ok").inc()
+        return True
+
+    async def _write_and_check(
+        self, state: TargetState, data: bytes, proxies: list[Container]
+    ) -> bool:
+        target = state.config
+        previous = state.on_disk
+        if not await self._write(state, data):
+            return False
         try:
             await check(self.client, target, proxies)
         except CheckFailed as exc:
