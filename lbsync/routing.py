@@ -13,7 +13,6 @@ upstream of no servers (the template answers 503). Only containers that get traf
 from __future__ import annotations
 
 import bisect
-import functools
 import gc
 import hashlib
 import re
@@ -436,12 +435,6 @@ def _settle(key: _GroupKey, members: tuple[_Member, ...], resort: bool) -> _Grou
     return _Group(members, decider, tuple(servers), warning)
 
 
-@functools.lru_cache(maxsize=4096)  # a miss costs a few microseconds; bounded memory
-def _derived_name(host: str, path: str) -> str:
-    """`derived_upstream_name`, remembered: the incremental path names groups often."""
-    return derived_upstream_name(host, path)
-
-
 class ModelBuilder:
     """`build_model` with a memory: the next model costs what changed, not what exists.
 
@@ -759,10 +752,17 @@ class ModelBuilder:
         for key in affected:
             host, path = key
             hosts.add(host)
-            name = _derived_name(host, path)
+            # A group keeps its name for life: only a new one needs it derived (a hash).
+            # Names here are all derived (the last `_assemble_all` had no explicit ones).
+            known_upstream = self._upstream_of.get(key)
+            if known_upstream is not None:
+                name = known_upstream.name
+            else:
+                name = derived_upstream_name(host, path)
             group = self._groups.get(key)
             if group is None:
-                if self._upstream_of.pop(key, None) is not None:
+                if known_upstream is not None:
+                    del self._upstream_of[key]
                     del self._upstreams[name]
                     self._upstreams_dirty = True
                     if not self._bulk:
