@@ -1,7 +1,7 @@
 """Memory and CPU of the real `lbsync run` process at N running containers, on the lab engine.
 
     python -m bench.bench_rss [--n 1000] [--singles 30] [--resync 10] [--idle 20]
-                              [--image IMAGE]
+                              [--soak CYCLES] [--image IMAGE]
                               [--json FILE]
 
 `bench.bench_daemon` runs the daemon inside the bench process, so its RSS includes the bench.
@@ -26,7 +26,13 @@ and of the files mapped: libpython, libcrypto, the extension modules), at these 
    meanwhile (`lbsync_events_total` from its /metrics, read before and after), it is the
    issue's "CPU per event" for a real process, without a bench inside it. Also shown less
    what its timers cost over the same seconds at the idle rate without re-lists.
-4. `cold start`: a second lbsync process started at N (its first listing inspects every
+4. `soak <i>` (with `--soak C`): C containers that lbsync has never seen, one at a time: each
+   new (its own id, name and host) is run, waited for in the file, stopped (`docker stop`),
+   removed and waited for out of the file, as a host with deploys all day sees them. A
+   sample every C/10 of them; the summary gives VmRSS's growth per 100 over the second
+   half, when the bounded memories (the registry's change log, the label parser's memo) are
+   full: a daemon that runs for months must not grow with the containers it has seen.
+5. `cold start`: a second lbsync process started at N (its first listing inspects every
    container at once), measured when its file holds all N.
 
 The config is a YAML file: `check: none`, `reload: command` with `["true"]`, the output in
@@ -58,6 +64,7 @@ import argparse
 import contextlib
 import json
 import os
+import queue
 import re
 import secrets
 import signal
@@ -68,6 +75,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +103,7 @@ STOP_GRACE = 30.0  # seconds lbsync gets to exit after SIGTERM
 DOCKER_SOCKET = "/var/run/docker.sock"
 IMAGE_CONFIG = "/etc/lbsync/lbsync.yaml"  # --image: where the config is mounted
 IMAGE_OUTPUT_DIR = "/run/lbsync-out"  # --image: where the output directory is mounted
+SOAK_CONCURRENCY = 4  # --soak: containers in their cycle at once
 
 
 # --------------------------------------------------------------------------- /proc
@@ -469,6 +478,7 @@ class Report:
     cpu: CpuFigures | None = None
     idle_cpu_ms_per_s: float | None = None  # at N, nothing happening but re-lists
     idle_cpu_no_resync_ms_per_s: float | None = None  # at N, nothing happening at all
+    soak: list[tuple[int, Sample]] = field(default_factory=list)  # (containers so far, sample)
     notes: list[str] = field(default_factory=list)
 
 
@@ -488,7 +498,7 @@ def running_backends(fleet: Fleet, backends: list[Backend], report: Report) -> l
 def run(args: argparse.Namespace, fleet: RssFleet, tmp: Path, report: Report) -> None:
     daemons: list[Lbsync] = []
     try:
-        ports = free_ports(args.n + args.singles + 4)
+        ports = free_ports(args.n + max(args.singles, SOAK_CONCURRENCY) + 4)
         main = start_lbsync(tmp, "lbsync", fleet.run_id, (ports[-4], ports[-3]), args)
         daemons.append(main)
         print(f"lbsync pid {main.pid}; waiting for its first pass ...", file=sys.stderr)
@@ -538,6 +548,9 @@ def run(args: argparse.Namespace, fleet: RssFleet, tmp: Path, report: Report) ->
             )
         time.sleep(args.settle)
         report.samples.append(sample(main.pid, "steady", main.started))
+        if args.soak > 0:
+            soak_ports = ports[args.n : args.n + max(args.singles, SOAK_CONCURRENCY)]
+            soak(main, fleet, soak_ports, args, report)
 
         print("cold start of a second lbsync at N ...", file=sys.stderr, flush=True)
         cold = start_lbsync(tmp, "cold", fleet.run_id, (ports[-2], ports[-1]), args)
@@ -549,6 +562,67 @@ def run(args: argparse.Namespace, fleet: RssFleet, tmp: Path, report: Report) ->
     finally:
         for daemon in daemons:
             daemon.stop()
+
+
+def soak(
+    lbsync: Lbsync, fleet: Fleet, ports: Sequence[int], args: argparse.Namespace, report: Report
+) -> None:
+    """`args.soak` new containers: run, in the file, stopped, removed, out of the file; up to
+    SOAK_CONCURRENCY at once (a port each), a sample after every tenth of them."""
+    every = max(1, args.soak // 10)
+    workers = min(SOAK_CONCURRENCY, len(ports))
+    print(f"soak: {args.soak} new containers, {workers} at a time ...", file=sys.stderr,
+          flush=True)  # fmt: skip
+
+    def cycle(i: int, port: int) -> None:
+        (backend,) = fleet.backends("run", f"s{i}-", [port])
+        one = frozenset({port})
+        wait_until(lbsync, holds(one, lbsync), args.timeout, f"{backend.name} written")
+        docker("stop", "-t", "10", backend.cid)
+        docker("rm", backend.cid)
+        fleet.ids.remove(backend.cid)
+        wait_until(lbsync, lacks(one, lbsync), args.timeout, f"{backend.name} gone")
+
+    free: queue.SimpleQueue[int] = queue.SimpleQueue()  # a port is one running container's
+    for port in ports[:workers]:
+        free.put(port)
+
+    def one_cycle(i: int) -> None:
+        port = free.get()
+        try:
+            cycle(i, port)
+        finally:
+            free.put(port)
+
+    done = 0
+    with ThreadPoolExecutor(workers) as pool:
+        while done < args.soak:
+            batch = range(done + 1, min(done + every, args.soak) + 1)
+            for future in [pool.submit(one_cycle, i) for i in batch]:
+                future.result()
+            done = batch[-1]
+            time.sleep(args.settle)
+            taken = sample(lbsync.pid, f"soak {done}", lbsync.started)
+            report.soak.append((done, taken))
+            report.samples.append(taken)
+            print(f"  {done}: VmRSS {mb(taken.rss)} MB", file=sys.stderr, flush=True)
+
+
+def soak_growth(report: Report) -> str | None:
+    """VmRSS's growth per 100 containers over the soak's second half (a least-squares slope)."""
+    half = report.soak[len(report.soak) // 2 :]
+    if len(half) < 2:
+        return None
+    xs = [float(i) for i, _ in half]
+    ys = [float(s.rss) for _, s in half]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+    first, last = report.soak[0], report.soak[-1]
+    return (
+        f"soak: VmRSS {mb(first[1].rss)} MB after {first[0]} new containers, {mb(last[1].rss)} MB "
+        f"after {last[0]}; over the second half {slope * 100:+.0f} KiB per 100 containers"
+    )
 
 
 def mb(kib: int) -> str:
@@ -632,6 +706,9 @@ def summary(report: Report) -> str:
                 f"  less its timers over those {cpu.seconds:.0f} s ({timers:.0f} ms at the idle "
                 f"rate): {net:.2f} ms per event"
             )
+    growth = soak_growth(report)
+    if growth is not None:
+        lines.append(growth)
     lines += report.notes
     return "\n".join(lines)
 
@@ -671,6 +748,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=2.0, help="seconds before a sample")
     parser.add_argument(
         "--idle", type=float, default=20.0, help="seconds of idle CPU measured at N (20; 0: off)"
+    )
+    parser.add_argument(
+        "--soak",
+        type=int,
+        default=0,
+        metavar="CYCLES",
+        help="after the singles, this many new containers one at a time (run, stop, remove), "
+        "sampled every tenth (default 0: none)",
     )
     parser.add_argument("--env-vars", type=int, default=0, help="extra env vars per backend")
     parser.add_argument(
