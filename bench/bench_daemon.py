@@ -68,7 +68,7 @@ PROXY_LABEL = "lbsync-bench-proxy"
 SERVER_RE = re.compile(rb"server 127\.0\.0\.1:(\d+) ")
 STOP_ACTIONS = frozenset({"kill", "die", "stop"})
 SETUP_CONCURRENCY = 8  # more parallel `docker run`s gain little here and strain dockerd 20.10
-RM_BATCH = 10  # containers per `docker rm --force`: see Fleet.cleanup
+RM_BATCH = 1  # containers per `docker rm --force`: see Fleet.cleanup
 TARGET_P99_MS = 50.0
 TARGET_BURST_RELOADS = 3
 TARGET_CPU_MS = 2.0
@@ -198,9 +198,11 @@ class Fleet:
                 check=False,
             )
 
-        # One small batch at a time: this engine (20.10) deadlocks (even /info hangs) under
-        # many concurrent `rm --force` of running containers (the CLI removes a batch in
-        # parallel); batches of 50 did it twice in one session with nothing else running.
+        # One container at a time: this engine (20.10) deadlocks (even /info hangs) when
+        # several running containers are removed at once (the CLI removes a batch in
+        # parallel; libnetwork's watchLoop and endpoint deletes take two locks in opposite
+        # orders). Batches of 50 did it twice with nothing else running, batches of 10 once.
+        # A removal takes about 0.2 s: 1,000 containers are a few minutes.
         for batch in batches:
             remove(batch)
         self.ids.clear()
