@@ -117,14 +117,15 @@ def highest_per_block(kind: str, template_name: str, blocks: int) -> list[int]:
             top = 0
             for _ in range(BLOCK):
                 container = next(fresh)
+                host = container.labels["lbsync.host"].encode()
                 registry.upsert(container)  # start
-                daemon.run()
+                assert host in daemon.run()
                 registry.mark_stopping(container.id)  # kill: the drain pass
                 daemon.run()
                 registry.upsert(replace(container, state="exited"))  # die
                 daemon.run()
                 registry.remove(container.id)  # destroy
-                daemon.run()
+                assert host not in daemon.run()
                 if next(looks) % LOOK_EVERY == 0:
                     gc.collect()  # what is still referenced, not what the collector has yet to find
                     top = max(top, tracemalloc.get_traced_memory()[0])
