@@ -26,10 +26,10 @@ and of the files mapped: libpython, libcrypto, the extension modules), at these 
    meanwhile (`lbsync_events_total` from its /metrics, read before and after), it is the
    issue's "CPU per event" for a real process, without a bench inside it. Also shown less
    what its timers cost over the same seconds at the idle rate without re-lists.
-4. `soak <i>` (with `--soak C`): C containers that lbsync has never seen, one at a time: each
-   new (its own id, name and host) is run, waited for in the file, stopped (`docker stop`),
-   removed and waited for out of the file, as a host with deploys all day sees them. A
-   sample every C/10 of them; the summary gives VmRSS's growth per 100 over the second
+4. `soak <i>` (with `--soak C`): C containers that lbsync has never seen, SOAK_CONCURRENCY at
+   a time: each new (its own id, name and host) is run, waited for in the file, stopped
+   (`docker stop`), removed and waited for out of the file, as a host with deploys all day
+   sees them. A sample every C/10 of them; the summary gives VmRSS's growth per 100 over the second
    half, when the bounded memories (the registry's change log, the label parser's memo) are
    full: a daemon that runs for months must not grow with the containers it has seen.
 5. `cold start`: a second lbsync process started at N (its first listing inspects every
@@ -68,6 +68,7 @@ import queue
 import re
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -613,11 +614,7 @@ def soak_growth(report: Report) -> str | None:
     half = report.soak[len(report.soak) // 2 :]
     if len(half) < 2:
         return None
-    xs = [float(i) for i, _ in half]
-    ys = [float(s.rss) for _, s in half]
-    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-    spread = sum((x - mean_x) ** 2 for x in xs)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+    slope = statistics.linear_regression([i for i, _ in half], [s.rss for _, s in half]).slope
     first, last = report.soak[0], report.soak[-1]
     return (
         f"soak: VmRSS {mb(first[1].rss)} MB after {first[0]} new containers, {mb(last[1].rss)} MB "
@@ -754,7 +751,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=0,
         metavar="CYCLES",
-        help="after the singles, this many new containers one at a time (run, stop, remove), "
+        help="after the singles, this many new containers, 4 at a time (run, stop, remove), "
         "sampled every tenth (default 0: none)",
     )
     parser.add_argument("--env-vars", type=int, default=0, help="extra env vars per backend")
