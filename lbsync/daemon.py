@@ -231,7 +231,9 @@ class Daemon:
 
     def _on_change(self, change: Change) -> None:
         urgent = change.urgent and self.config.debounce.drain
-        self.debouncer.poke(urgent=urgent, event_time_ns=change.event_time_ns)
+        self.debouncer.poke(
+            urgent=urgent, event_time_ns=change.event_time_ns, containers=change.containers
+        )
 
     # -- passes --
 
@@ -556,8 +558,7 @@ class Daemon:
         self.targets = targets
         self.config = new
         self.config_error = None
-        self.debouncer.quiet = new.debounce.quiet
-        self.debouncer.max_wait = new.debounce.max
+        self.debouncer.set_window(new.debounce.quiet, new.debounce.max)
         self.watcher.set_resync(new.docker.resync)
         self.watcher.set_discovery(new.discovery.swarm, new.discovery.label_prefix)
         setup_logging(new.log)

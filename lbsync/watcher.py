@@ -184,6 +184,9 @@ class Change:
     urgent: bool  # a container stopped serving: skip the quiet window
     event_time_ns: int | None  # the engine time of the oldest event behind it (None: a relist)
     reason: str
+    # The containers (swarm: services) that changed; empty when that is not known (a
+    # re-list). The debouncer tells a lone deploy from a burst by them.
+    containers: tuple[str, ...] = ()
 
 
 class StreamEnd:
@@ -669,7 +672,7 @@ class Watcher:
             urgent = any(
                 was and not is_serving(self.registry.get(cid)) for cid, was in before.items()
             )
-            self.on_change(Change(urgent=urgent, event_time_ns=event_time_ns, reason="swarm"))
+            self.on_change(Change(urgent, event_time_ns, "swarm", containers=tuple(sorted(fresh))))
         return changed
 
     async def _poll_settling(self) -> None:
@@ -682,7 +685,7 @@ class Watcher:
         """Service, node and task-container events: look the services up again."""
         services: dict[str, None] = {}  # ordered set
         nodes_changed: set[str] = set()
-        stopped_now = False
+        stopped: list[str] = []
         for event in events:
             if event.type == "service" and event.base_action in SERVICE_ACTIONS:
                 if event.actor_id:
@@ -697,11 +700,12 @@ class Watcher:
                 if task_id and event.base_action == "kill":
                     # The task's container here is told to stop: its task leaves the pool now.
                     cid = task_container_id(task_id)
-                    if is_terminating_kill(event, self.registry.raw(cid)):
-                        stopped_now = self.registry.mark_stopping(cid) or stopped_now
+                    terminating = is_terminating_kill(event, self.registry.raw(cid))
+                    if terminating and self.registry.mark_stopping(cid):
+                        stopped.append(cid)
         oldest = min(e.time_nano for e in events) or None
-        if stopped_now:
-            self.on_change(Change(urgent=True, event_time_ns=oldest, reason="stopping"))
+        if stopped:
+            self.on_change(Change(True, oldest, "stopping", containers=tuple(stopped)))
         if nodes_changed:
             # A node event: list the nodes (one call). Those whose address, state or
             # availability changed (down, drained, re-addressed) move or re-address their
@@ -793,34 +797,35 @@ class Watcher:
         oldest = min(e.time_nano for group in touched.values() for e in group) or None
 
         # Stop marks first and at once: the removal pass must not wait for anything.
-        stopped_now = False
+        stopped: list[str] = []
         for container_id, group in touched.items():
             current = self.registry.raw(container_id)
             kills = [e for e in group if e.type == "container" and e.base_action == "kill"]
             # A kill replayed from an earlier run (since= after a reconnect) must not take
             # the current run out of the pool.
             started = parse_created(current.started_at) if current is not None else 0
-            if any(
+            terminating = any(
                 is_terminating_kill(e, current) and not (started and 0 < e.time_nano < started)
                 for e in kills
-            ):
-                marked = self.registry.mark_stopping(container_id)
-                stopped_now = stopped_now or (marked and self._concerns(current))
+            )
+            marked = terminating and self.registry.mark_stopping(container_id)
+            if marked and self._concerns(current):
+                stopped.append(container_id)
             if current is not None and any(
                 cancels_restart(e, current) and not self._predates_run(e, current) for e in kills
             ):
                 self._final_kill[container_id] = current.started_at
-        if stopped_now:
-            self.on_change(Change(urgent=True, event_time_ns=oldest, reason="stopping"))
+        if stopped:
+            self.on_change(Change(True, oldest, "stopping", containers=tuple(stopped)))
 
-        removed_now = False
+        removed: list[str] = []
         for container_id, group in touched.items():
             last = group[-1]
             removal = last.type == "container" and last.base_action in REMOVED_ACTIONS
             if removal and container_id not in self._inflight:
                 before = self.registry.raw(container_id)
                 if self.registry.remove(container_id) and self._concerns(before):
-                    removed_now = True
+                    removed.append(container_id)
                 self._event_ns.pop(container_id, None)
                 self._final_kill.pop(container_id, None)
                 continue
@@ -843,8 +848,8 @@ class Watcher:
             else:
                 # The same path as an inspect's answer: urgency, `matters`, event time.
                 self._apply_inspected(container_id, plan)
-        if removed_now:
-            self.on_change(Change(urgent=False, event_time_ns=oldest, reason="removed"))
+        if removed:
+            self.on_change(Change(False, oldest, "removed", containers=tuple(removed)))
 
     def _plan(self, container_id: str, group: Sequence[Event]) -> Container | _Inspect | None:
         """What a batch's events make of a container no inspect is running for.
@@ -938,7 +943,7 @@ class Watcher:
         if not changed or not self._concerns(before, container):
             return
         urgent = was_serving and not is_serving(self.registry.get(container_id))
-        self.on_change(Change(urgent=urgent, event_time_ns=event_ns, reason="event"))
+        self.on_change(Change(urgent, event_ns, "event", containers=(container_id,)))
 
     async def _drain_inspects(self) -> None:
         """Wait for every inspect in flight (and those they start) to be applied."""
