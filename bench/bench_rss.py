@@ -86,8 +86,8 @@ import yaml
 from bench.bench_daemon import (
     RUN_LABEL,
     SERVER_RE,
+    TARGET_ADDED_MB,
     TARGET_CPU_MS,
-    TARGET_RSS_MB,
     Backend,
     BenchError,
     Fleet,
@@ -475,6 +475,7 @@ class Report:
     health_interval: float
     daemon_env: list[str]
     python: str
+    import_floor_kb: int = 0  # VmHWM of a process that only imports what `lbsync run` does
     samples: list[Sample] = field(default_factory=list)
     cpu: CpuFigures | None = None
     idle_cpu_ms_per_s: float | None = None  # at N, nothing happening but re-lists
@@ -680,7 +681,11 @@ def summary(report: Report) -> str:
         at_n = [s for s in report.samples if s.stage.startswith("N=") and s.stage != "N=0"]
         if at_n:
             peak = max(s.hwm for s in report.samples)
-            lines.append(f"peak {mb(peak)} MB (target <= {TARGET_RSS_MB:g} MB at 1,000)")
+            added = peak - report.import_floor_kb
+            lines.append(
+                f"peak {mb(peak)} MB; the imports alone {mb(report.import_floor_kb)} MB; "
+                f"lbsync adds {mb(added)} MB (target <= {TARGET_ADDED_MB:g} MB at 1,000)"
+            )
     if report.idle_cpu_ms_per_s is not None:
         lines.append(f"idle CPU at N: {report.idle_cpu_ms_per_s:.1f} ms per second with a "
                      f"re-list every {report.resync:g} s")  # fmt: skip
@@ -723,6 +728,26 @@ def remove_all(fleet: Fleet) -> None:
         return
     print(f"bench run {fleet.run_id}: containers may be left: docker ps -a --filter "
           f"label={RUN_LABEL}={fleet.run_id}", file=sys.stderr)  # fmt: skip
+
+
+#: What `lbsync run` imports before it reads its config, then its own peak RSS.
+FLOOR_SCRIPT = (
+    "import lbsync.cli, lbsync.daemon\n"
+    "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))"
+)
+
+
+def import_floor_kb(image: str | None) -> int:
+    """The peak RSS of a Python that imports lbsync's daemon and nothing more: the floor
+    that CPython and the libraries set, which lbsync's own memory comes on top of."""
+    if image:
+        out = docker("run", "--rm", "--network", "host", "--label", "lbsync-test=1",
+                     "--entrypoint", "python3", image, "-c", FLOOR_SCRIPT)  # fmt: skip
+    else:
+        out = subprocess.run(
+            [sys.executable, "-c", FLOOR_SCRIPT], capture_output=True, text=True, check=True
+        ).stdout
+    return int(out.strip())
 
 
 def image_python(image: str) -> str:
@@ -799,6 +824,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with interruptible(), tempfile.TemporaryDirectory(prefix="lbsync-rss-") as tmp:
         try:
             print(f"bench run {run_id}", file=sys.stderr, flush=True)
+            report.import_floor_kb = import_floor_kb(args.image)
             run(args, fleet, Path(tmp), report)
             print(summary(report))
             if args.json:
