@@ -180,6 +180,7 @@ class Daemon:
         self.metrics = Metrics()
         self._event_counters: dict[tuple[str, str], Counter] = {}
         self._seen_reconnects = 0  # watcher.reconnects already counted in the metrics
+        self._seen_reader_failures = 0  # ... and watcher.reader_failures
         self.registry = Registry()
         self.started_at = time.time()
         self.targets = [
@@ -692,6 +693,10 @@ class Daemon:
         if self.watcher.reconnects > self._seen_reconnects:
             self.metrics.engine_reconnects.inc(self.watcher.reconnects - self._seen_reconnects)
             self._seen_reconnects = self.watcher.reconnects
+        failures = self.watcher.reader_failures - self._seen_reader_failures
+        if failures > 0:
+            self.metrics.event_reader_failures.inc(failures)
+            self._seen_reader_failures = self.watcher.reader_failures
 
 
 _SLOT_LINE = re.compile(rb"^[ \t]*server[ \t]+s[0-9]+[ \t].*$", re.MULTILINE)

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import ssl
 import struct
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
@@ -32,6 +33,18 @@ DEFAULT_UNIX_SOCKET: Final = "/var/run/docker.sock"
 DEFAULT_TIMEOUT: Final = 30.0
 # A request timeout meaning "the client's own"; None means none at all (streams).
 _CLIENT_TIMEOUT: Final = -1.0
+#: The longest events-stream line that is parsed, in bytes (its newline not counted). The
+#: engine puts every label of a container into each of its events, so the length is the
+#: container owner's choice; real events are 1-5 KB (a Compose project's labels included).
+#: A longer line is never held whole: it is skipped up to its newline, and what its start and
+#: end say becomes an `Event` with `oversized` set, which the watcher answers with an inspect.
+#: Only the event's attributes are lost that way, so the bound need only be far above real
+#: events and cheap to hold: 64 KiB, aiohttp's own read-buffer size.
+MAX_EVENT_LINE: Final = 64 * 1024
+#: What is kept of a longer line: its start (the engine writes `status`, `id`, `from`, `Type`,
+#: `Action` and `Actor.ID` before the attributes) and its end (`scope`, `time`, `timeNano`).
+OVERSIZED_HEAD: Final = 4096
+OVERSIZED_TAIL: Final = 256
 
 
 def format_version(version: tuple[int, int]) -> str:
@@ -216,6 +229,9 @@ class Event:
     attributes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     time_nano: int = 0
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: The length of its line when that was over `MAX_EVENT_LINE`: the line was skipped, only
+    #: type, action, actor and time were read (attributes and `raw` are empty). 0 otherwise.
+    oversized: int = 0
 
     @property
     def base_action(self) -> str:
@@ -624,28 +640,150 @@ class DockerClient:
         async with self._request("GET", "/events", params=params, timeout=None) as response:
             if subscribed is not None:
                 subscribed.set()
+            lines = LineSplitter(MAX_EVENT_LINE)
             while True:
                 try:
-                    line = await response.content.readline()
+                    chunk = await response.content.readany()
                 except aiohttp.ClientPayloadError as exc:
                     raise StreamError(f"the events stream broke: {exc}") from exc
                 except (aiohttp.ClientConnectionError, ConnectionError) as exc:
                     raise StreamError(f"the events stream was dropped: {exc}") from exc
-                if not line:
+                if not chunk:
+                    if lines.partial:
+                        raise StreamError(
+                            f"the events stream was cut mid-line: {lines.partial[:200]!r}"
+                        )
                     if until is not None:
                         return
                     raise StreamError("the engine closed the events stream")
-                if not line.endswith(b"\n"):
-                    raise StreamError(f"the events stream was cut mid-line: {line[:200]!r}")
-                if not line.strip():
-                    continue
-                try:
-                    event = Event.from_json(json.loads(line))
-                except ValueError as exc:
-                    raise StreamError(
-                        f"the events stream sent a line that is not an event: {line[:200]!r}"
-                    ) from exc
-                yield event
+                for line in lines.feed(chunk):
+                    if isinstance(line, OversizedLine):
+                        yield oversized_event(line)
+                        continue
+                    if not line.strip():
+                        continue
+                    try:
+                        event = Event.from_json(json.loads(line))
+                    except ValueError as exc:
+                        raise StreamError(
+                            f"the events stream sent a line that is not an event: {line[:200]!r}"
+                        ) from exc
+                    yield event
+
+
+# --- bounded lines ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OversizedLine:
+    """A line longer than a `LineSplitter`'s bound, which was not held: what is left of it."""
+
+    size: int  # its length in bytes, without the newline
+    head: bytes  # its first bytes (up to the splitter's `head`)
+    tail: bytes  # its last bytes (up to the splitter's `tail`)
+
+
+class LineSplitter:
+    """Cuts a byte stream, fed in chunks of any size, into lines, holding at most `max_line`
+    bytes of a line: a longer one is skipped up to its newline and comes out as an
+    `OversizedLine`, however many chunks it spans. Lines come out without their newline."""
+
+    def __init__(
+        self, max_line: int, *, head: int = OVERSIZED_HEAD, tail: int = OVERSIZED_TAIL
+    ) -> None:
+        self.max_line = max_line
+        self._head_size = head
+        self._tail_size = tail
+        self._line = bytearray()
+        self._skipped: int | None = None  # bytes of an oversized line so far; None: none
+        self._head = b""
+        self._tail = b""
+
+    @property
+    def partial(self) -> bytes:
+        """The start of a line not finished yet; empty between lines."""
+        return self._head if self._skipped is not None else bytes(self._line)
+
+    def feed(self, data: bytes) -> list[bytes | OversizedLine]:
+        """The lines `data` finishes."""
+        lines: list[bytes | OversizedLine] = []
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            self._take(data[start:] if end < 0 else data[start:end])
+            if end < 0:
+                return lines
+            lines.append(self._finish())
+            start = end + 1
+
+    def _take(self, piece: bytes) -> None:
+        if self._skipped is None:
+            if len(self._line) + len(piece) <= self.max_line:
+                self._line += piece
+                return
+            # Over the bound: keep its start and end, drop the rest, from now to its newline.
+            self._skipped = len(self._line)
+            self._head = bytes(self._line[: self._head_size])
+            self._tail = bytes(self._line[-self._tail_size :])
+            self._line = bytearray()
+        if len(self._head) < self._head_size:
+            self._head += piece[: self._head_size - len(self._head)]
+        self._tail = (self._tail + piece[-self._tail_size :])[-self._tail_size :]
+        self._skipped += len(piece)
+
+    def _finish(self) -> bytes | OversizedLine:
+        if self._skipped is None:
+            line = bytes(self._line)
+            self._line.clear()
+            return line
+        oversized = OversizedLine(size=self._skipped, head=self._head, tail=self._tail)
+        self._skipped = None
+        self._head = self._tail = b""
+        return oversized
+
+
+_JSON_STRING = rb'"(?:[^"\\]|\\.)*"'
+#: The start of an event line: the engine's own string fields (`status`, `id`, `from`, `Type`,
+#: `Action`), then `"Actor":{"ID":...`, all before the attributes, which hold the labels. Read
+#: field by field from the first byte, honouring escapes: a label value can never be taken
+#: for one of them.
+_EVENT_HEAD = re.compile(
+    rb'\{((?:"[A-Za-z]+":' + _JSON_STRING + rb",)*)"
+    rb'(?:"Actor":\{"ID":(' + _JSON_STRING + rb"))?"
+)
+_EVENT_FIELD = re.compile(rb'"([A-Za-z]+)":(' + _JSON_STRING + rb")")
+#: The end of an event line: `..."time":1700000000,"timeNano":1700000000123456789}`.
+_EVENT_TIME_NANO = re.compile(rb'"timeNano":([0-9]{1,20})\}\s*$')
+
+
+def _json_string(token: bytes) -> str:
+    """A JSON string token's text; "" when it does not decode."""
+    try:
+        text = json.loads(token)
+    except ValueError:
+        return ""
+    return text if isinstance(text, str) else ""
+
+
+def oversized_event(line: OversizedLine) -> Event:
+    """What can be read of an event whose line was too long to parse: type, action and actor
+    from its start, time from its end; "" (0 for the time) where they do not say."""
+    fields: dict[str, str] = {}
+    actor_id = ""
+    head = _EVENT_HEAD.match(line.head)
+    if head is not None:
+        for key, token in _EVENT_FIELD.findall(head.group(1)):
+            fields[key.decode("ascii")] = _json_string(token)
+        if head.group(2) is not None:
+            actor_id = _json_string(head.group(2))
+    end = _EVENT_TIME_NANO.search(line.tail)
+    return Event(
+        type=fields.get("Type", ""),
+        action=fields.get("Action") or fields.get("status", ""),
+        actor_id=actor_id or fields.get("id", ""),
+        time_nano=int(end.group(1)) if end is not None else 0,
+        oversized=line.size,
+    )
 
 
 def _only_id(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

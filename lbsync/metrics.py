@@ -39,6 +39,11 @@ class Metrics:
         self.engine_reconnects = Counter(
             "lbsync_engine_reconnects", "Connections to the engine lost and re-made", registry=r
         )
+        self.event_reader_failures = Counter(
+            "lbsync_event_reader_failures",
+            "Ends of the events reader on an unexpected error, each followed by a re-list",
+            registry=r,
+        )
         self.containers_discovered = Gauge(
             "lbsync_containers_discovered",
             "Containers that opted in (and the target selects)",

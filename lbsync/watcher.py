@@ -49,6 +49,7 @@ from lbsync.containers import (
     parse_created,
 )
 from lbsync.docker_api import (
+    MAX_EVENT_LINE,
     ApiVersionTooOld,
     DockerClient,
     DockerError,
@@ -208,6 +209,11 @@ class Resubscribe(DockerError):
     ends and a new one subscribes and lists again. Not an outage."""
 
 
+class ReaderFailed(DockerError):
+    """The events reader ended on something other than an engine error (a bug in lbsync):
+    counted, and the session starts over after a backoff, subscribing and listing again."""
+
+
 EventQueue = asyncio.Queue[Event | StreamEnd]
 
 
@@ -227,21 +233,39 @@ async def subscribed_events(
 
     The engine drops a subscriber that does not read for 100 ms, so nothing slow (a pass, an
     inspect, a print) may sit between two reads: the task only moves events onto a queue.
-    A failure of the stream arrives on the queue as a `StreamEnd`.
+    Any end of the task but this context's own closing arrives on the queue as a `StreamEnd`:
+    the engine's errors as they are, anything else (a bug) logged with its traceback and as a
+    `ReaderFailed`, so that a follower never waits for events nobody reads.
     """
     queue: EventQueue = asyncio.Queue()
     ready = asyncio.Event()
     stream = client.events(since=since, filters=filters, subscribed=ready)
+    closing = False
 
     async def pump() -> None:
-        try:
-            async for event in stream:
-                queue.put_nowait(event)
-            queue.put_nowait(StreamEnd(StreamError("the events stream ended")))
-        except DockerError as exc:
-            queue.put_nowait(StreamEnd(exc))
+        async for event in stream:
+            queue.put_nowait(event)
+        raise StreamError("the events stream ended")
+
+    def reader_ended(task: asyncio.Task[None]) -> None:
+        if closing:
+            return
+        error: DockerError
+        if task.cancelled():
+            error = ReaderFailed("the events reader was cancelled")
+            log.error("%s", error)
+        else:
+            exc = task.exception()
+            if isinstance(exc, DockerError):
+                error = exc
+            else:
+                log.error("the events reader failed: %r", exc, exc_info=exc)
+                error = ReaderFailed(f"the events reader failed: {exc!r}")
+                error.__cause__ = exc
+        queue.put_nowait(StreamEnd(error))
 
     task = asyncio.create_task(pump(), name="lbsync-events-reader")
+    task.add_done_callback(reader_ended)
     try:
         ready_wait = asyncio.create_task(ready.wait())
         await asyncio.wait({task, ready_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -251,9 +275,10 @@ async def subscribed_events(
             raise item.error if isinstance(item, StreamEnd) else StreamError("no subscription")
         yield queue
     finally:
+        closing = True
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, DockerError):
-            await task
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task  # how it ended, if not by this cancel, is on the queue already
         with contextlib.suppress(Exception):
             await stream.aclose()
 
@@ -298,6 +323,7 @@ class Watcher:
         self.last_error: str | None = None
         self.listed = asyncio.Event()  # set after the first full listing (kopf's marker)
         self.reconnects = 0
+        self.reader_failures = 0  # ends of the events reader on a bug (ReaderFailed)
         self.events_seen = 0
         self._last_event_ns: int | None = None
         # Inspects run beside the event loop, one at a time per container: a kill that
@@ -309,7 +335,7 @@ class Watcher:
         self._final_kill: dict[str, str] = {}
         self.inspects = 0  # container inspects asked of the engine (listings included)
         self._inspect_slots = asyncio.Semaphore(INSPECT_CONCURRENCY)
-        self._needs_relist = False
+        self._needs_relist: str | None = None  # why the follower must list everything now
 
     # -- the outer loop --
 
@@ -320,13 +346,35 @@ class Watcher:
         """
         while True:
             try:
-                await self._session()
+                await self._sessions()
             except (PermissionDenied, ApiVersionTooOld):
                 raise
             except Resubscribe as exc:
                 log.info("%s: subscribing and listing again", exc)
             except DockerError as exc:
                 self._lost(str(exc))
+
+    async def _sessions(self) -> None:
+        """Sessions, one after another while the events reader fails on a bug: each failure
+        is counted and marks the engine lost (/healthz says why until the next listing), and
+        the next session waits a backoff with jitter first, so that a reader failing at once
+        again does not spin. Any other end propagates."""
+        retrying = tenacity.AsyncRetrying(
+            wait=tenacity.wait_random_exponential(multiplier=0.1, max=self.retry_max_wait),
+            retry=tenacity.retry_if_exception_type(ReaderFailed),
+            before_sleep=self._reader_failed,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._session()
+
+    def _reader_failed(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        self.reader_failures += 1
+        self._lost(str(exc))
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning("subscribing and listing again in %.1fs", wait)
 
     def _lost(self, reason: str) -> None:
         if self.connected:
@@ -425,7 +473,7 @@ class Watcher:
         nodes too, after the containers (whose health the tasks here take).
         """
         await self._drain_inspects()
-        self._needs_relist = False
+        self._needs_relist = None
         if self.swarm is not None:
             await self._check_swarm()
         else:
@@ -757,7 +805,7 @@ class Watcher:
             if events:
                 await self._note(events)
             if self._needs_relist:
-                await self.relist("an inspect failed")
+                await self.relist(self._needs_relist)
             if self._settling:
                 await self._poll_settling()  # a busy stream must not starve the polls
             ends = [item for item in batch if isinstance(item, StreamEnd)]
@@ -778,6 +826,8 @@ class Watcher:
                 self.on_event(event)
             if event.time_nano:
                 self._last_event_ns = max(self._last_event_ns or 0, event.time_nano)
+            if event.oversized:
+                self._skip_oversized(event)
             container_id = self._container_of(event)
             if container_id:
                 touched.setdefault(container_id, []).append(event)
@@ -785,6 +835,40 @@ class Watcher:
             self._apply_containers(touched)
         if self.swarm_active:
             await self._swarm_events(events)
+
+    def _skip_oversized(self, event: Event) -> None:
+        """An event whose line was too long to read: its attributes (every label of the
+        container) are lost. A container event still names its container, which is inspected
+        (`_plan`); where what the event concerns was in its attributes (a network event's
+        container, a task's service in swarm mode) or its start is unreadable, everything is
+        listed again. Service and node events need only their actor; the rest lbsync ignores."""
+        known = bool(event.type and event.action)
+        if event.type == "container" and event.base_action in CONTAINER_ACTIONS:
+            if event.actor_id and not self.swarm_active:
+                log.warning(
+                    "skipped the %r event of container %s: %d bytes, over the %d-byte limit "
+                    "(the engine puts every label in it); inspecting the container instead",
+                    event.action,
+                    event.actor_id[:12],
+                    event.oversized,
+                    MAX_EVENT_LINE,
+                )
+                return
+        elif event.type == "network" and event.base_action in NETWORK_ACTIONS:
+            pass  # its container is an attribute
+        elif known:
+            log.debug("a %s %r event of %d bytes", event.type, event.action, event.oversized)
+            return
+        log.warning(
+            "skipped an event of %d bytes, over the %d-byte limit (%s %r, actor %r): "
+            "listing every container again",
+            event.oversized,
+            MAX_EVENT_LINE,
+            event.type or "of unknown type",
+            event.action,
+            event.actor_id[:12],
+        )
+        self._needs_relist = "an event too long to read"
 
     def _concerns(self, *containers: Container | None) -> bool:
         if self.matters is None:
@@ -861,6 +945,8 @@ class Watcher:
         current = self.registry.raw(container_id)
         view = current
         for event in group:
+            if event.oversized:
+                return INSPECT  # its attributes were not read (a kill's signal, say)
             if event.type == "network":
                 # Only a running container's addresses reach the model, and every way back
                 # to running (start, unpause) is an event that is inspected. An unknown
@@ -920,7 +1006,7 @@ class Watcher:
             # Probably the connection: the stream fails too and the re-list catches up. If
             # not (a 500 for one inspect), re-list now rather than keep a stale entry.
             log.warning("cannot inspect container %s: %s", container_id[:12], exc)
-            self._needs_relist = True
+            self._needs_relist = "an inspect failed"
         finally:
             self._inflight.pop(container_id, None)
 

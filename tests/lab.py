@@ -57,6 +57,14 @@ HAPROXY_RUN_DIR = "/run/haproxy"
 
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost"})
 
+
+def bulky_labels(total: int = 600_000, piece: int = 100_000) -> dict[str, str]:
+    """Labels of about ``total`` bytes, which the engine copies into every event of the
+    container (issue #17: a ~600 KB event line). In pieces: one ``docker run`` argument may
+    not exceed 128 KiB (Linux MAX_ARG_STRLEN)."""
+    return {f"{TEST_LABEL}.bulk{i}": "x" * piece for i in range(-(-total // piece))}
+
+
 T = TypeVar("T")
 
 

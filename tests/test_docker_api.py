@@ -19,12 +19,15 @@ from lbsync.docker_api import (
     DockerError,
     EngineUnreachable,
     Event,
+    LineSplitter,
     NotFound,
+    OversizedLine,
     PermissionDenied,
     ServerError,
     StreamError,
     demultiplex,
     format_version,
+    oversized_event,
     resolve_endpoint,
 )
 from tests.fake_engine import FakeEngine, event_line
@@ -362,3 +365,137 @@ def test_resolve_endpoint(
 def test_resolve_endpoint_rejects_unknown_scheme() -> None:
     with pytest.raises(DockerError, match="unsupported scheme 'ssh'"):
         resolve_endpoint("ssh://host", {})
+
+
+# --- bounded event lines ----------------------------------------------------------------
+
+BOUND = 16  # the table's bound; the reader's is MAX_EVENT_LINE (64 KiB)
+HEAD, TAIL = 6, 4
+
+
+def _over(line: bytes) -> OversizedLine:
+    return OversizedLine(size=len(line), head=line[:HEAD], tail=line[-TAIL:])
+
+
+LONG = b"0123456789abcdefghij"  # 20 bytes: over the bound
+AT_BOUND = b"x" * BOUND
+
+
+@pytest.mark.parametrize(
+    ("chunks", "lines", "partial"),
+    [
+        pytest.param([b"ab\ncd\n"], [b"ab", b"cd"], b"", id="normal-lines-one-chunk"),
+        pytest.param([b"a", b"b\nc", b"d\n"], [b"ab", b"cd"], b"", id="normal-lines-split"),
+        pytest.param([b"\n\nab\n"], [b"", b"", b"ab"], b"", id="empty-lines"),
+        pytest.param([AT_BOUND + b"\n"], [AT_BOUND], b"", id="exactly-at-the-bound"),
+        pytest.param(
+            [AT_BOUND[:5], AT_BOUND[5:], b"\n"], [AT_BOUND], b"", id="at-the-bound-in-pieces"
+        ),
+        pytest.param([AT_BOUND + b"y\nok\n"], [_over(AT_BOUND + b"y"), b"ok"], b"", id="one-over"),
+        pytest.param(
+            [LONG + b"\n" + LONG.upper() + b"\nok\n" + LONG[::-1] + b"\n"],
+            [_over(LONG), _over(LONG.upper()), b"ok", _over(LONG[::-1])],
+            b"",
+            id="several-over",
+        ),
+        pytest.param(
+            [bytes([byte]) for byte in LONG + b"\nok\n"],
+            [_over(LONG), b"ok"],
+            b"",
+            id="over-split-byte-by-byte",
+        ),
+        pytest.param(
+            [b"ok\n" + LONG[:10], LONG[10:15], LONG[15:] + b"\nnext"],
+            [b"ok", _over(LONG)],
+            b"next",
+            id="over-split-across-chunks",
+        ),
+        pytest.param(
+            [b"x" * 1000 + b"\n"],
+            [OversizedLine(size=1000, head=b"x" * HEAD, tail=b"x" * TAIL)],
+            b"",
+            id="far-over-in-one-chunk",
+        ),
+        pytest.param([b"ab\ncd"], [b"ab"], b"cd", id="unfinished"),
+        pytest.param([LONG], [], LONG[:HEAD], id="unfinished-over: only its head is held"),
+    ],
+)
+def test_line_splitter(chunks: list[bytes], lines: list[object], partial: bytes) -> None:
+    splitter = LineSplitter(BOUND, head=HEAD, tail=TAIL)
+    out: list[object] = []
+    for chunk in chunks:
+        out += splitter.feed(chunk)
+        # Never more held than the bound (or the head of a line being skipped).
+        assert len(splitter.partial) <= BOUND
+    assert out == lines
+    assert splitter.partial == partial
+
+
+# The start and end of a real line: dockerd 20.10's `start` of a container with a 100 KB label
+# (`curl --unix-socket /var/run/docker.sock http://localhost/events`); the attributes, sorted
+# by key, hold every label.
+CID = "1931f6600bc7d04a47b37c074bd35797f79eea2d05bd405b5195ef62ba812a00"
+DOCKERD_HEAD = (
+    b'{"status":"start","id":"' + CID.encode() + b'","from":"lbsync-lab/backend:latest",'
+    b'"Type":"container","Action":"start","Actor":{"ID":"' + CID.encode() + b'",'
+    b'"Attributes":{"aa.small":"1","h17c-probe":"1","image":"lbsync-lab/backend:latest",'
+)
+DOCKERD_TAIL = b'yyyyy"}},"scope":"local","time":1796684842,"timeNano":1796684842686639507}'
+
+
+@pytest.mark.parametrize(
+    ("head", "tail", "expected"),
+    [
+        pytest.param(
+            DOCKERD_HEAD,
+            DOCKERD_TAIL,
+            ("container", "start", CID, 1796684842686639507),
+            id="dockerd-20.10",
+        ),
+        pytest.param(
+            b'{"Type":"container","Action":"die","Actor":{"ID":"abc","Attributes":{"x":"',
+            b'"}},"scope":"local","time":1,"timeNano":1000000001}',
+            ("container", "die", "abc", 1000000001),
+            id="no-legacy-fields",
+        ),
+        pytest.param(
+            b'{"status":"stop","id":"abc","from":"img","Type":"container","Action":"st',
+            b'"}},"scope":"local","time":1}',
+            ("container", "stop", "abc", 0),
+            id="head-cut-before-the-actor: the legacy id and status",
+        ),
+        pytest.param(
+            b'{"status":"kill","id":"abc","from":"lbsync-lab/backend:lat',
+            DOCKERD_TAIL,
+            ("", "kill", "abc", 1796684842686639507),
+            id="head-cut-in-from: no type",
+        ),
+        pytest.param(
+            b'{"Type":"network","Action":"connect","Actor":{"ID":"net1","Attributes":{"containe',
+            b"",
+            ("network", "connect", "net1", 0),
+            id="network: the actor is the network",
+        ),
+        pytest.param(
+            b'{"status":"a\\",\\"Actor\\":{\\"ID\\":\\"evil","Type":"container",'
+            b'"Action":"start","Actor":{"ID":"real",',
+            b"",
+            ("container", "start", "real", 0),
+            id="escaped-quotes-are-not-fields",
+        ),
+        pytest.param(
+            b'{"Actor":{"Attributes":{"fake":"\\"Type\\":\\"container\\""',
+            b'"timeNano":5}x"}}}',
+            ("", "", "", 0),
+            id="attributes-first: nothing read, no time mid-value",
+        ),
+        pytest.param(b"\x00\xff<html>", b"garbage", ("", "", "", 0), id="garbage"),
+    ],
+)
+def test_oversized_event_reads_the_ends_of_the_line(
+    head: bytes, tail: bytes, expected: tuple[str, str, str, int]
+) -> None:
+    event = oversized_event(OversizedLine(size=700_000, head=head, tail=tail))
+    assert (event.type, event.action, event.actor_id, event.time_nano) == expected
+    assert event.oversized == 700_000
+    assert not event.attributes and not event.raw

@@ -21,6 +21,7 @@ import pytest
 from lbsync.containers import container_from_inspect, listing_agrees
 from lbsync.docker_api import (
     MAX_API_VERSION,
+    MAX_EVENT_LINE,
     Conflict,
     DockerClient,
     Event,
@@ -29,7 +30,15 @@ from lbsync.docker_api import (
     parse_version,
 )
 from lbsync.watcher import WATCHED_EVENTS
-from tests.lab import TEST_LABEL, Lab, docker, free_port, try_http_get, wait_for
+from tests.lab import (
+    TEST_LABEL,
+    Lab,
+    bulky_labels,
+    docker,
+    free_port,
+    try_http_get,
+    wait_for,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -366,6 +375,37 @@ async def test_events_since_until_replay_then_end(lab: Lab, engine: DockerClient
     # Nothing matches: the stream still ends (no events, no error).
     none = {"type": ["container"], "label": [f"{CASE_LABEL}=nothing-{secrets.token_hex(4)}"]}
     assert await asyncio.wait_for(replay(engine, t0, now, none), 10.0) == []
+
+
+async def test_an_event_line_over_the_bound_is_skipped_and_the_stream_goes_on(
+    lab: Lab, engine: DockerClient
+) -> None:
+    """The engine copies every label into each event: ~600 KB of labels make ~600 KB lines.
+    Each comes out as an event naming its container (attributes unread, the line never held
+    whole), and the events after it are read as usual (aiohttp's readline raised LineTooLong
+    there, ending the stream)."""
+    labels = case_labels()
+    filters = {"type": ["container"], "label": label_filter(labels)}
+    t0 = f"{time.time() - 1:.9f}"
+    bulky = await asyncio.to_thread(
+        lab.run_backend, free_port(), labels={**labels, **bulky_labels()}
+    )
+    plain = await asyncio.to_thread(lab.run_backend, free_port(), labels=labels)
+    await asyncio.to_thread(lab.stop, bulky)
+    now = f"{time.time():.9f}"
+
+    events = await asyncio.wait_for(replay(engine, t0, now, filters), 20.0)
+    big = [e for e in events if e.actor_id == bulky]
+    assert [e.action for e in big] == ["create", "start", "kill", "die", "stop"]
+    assert all(e.type == "container" and e.oversized > 600_000 > MAX_EVENT_LINE for e in big)
+    assert all(not e.attributes for e in big)
+    assert [e.time_nano for e in big] == sorted(e.time_nano for e in big)
+    assert all(int(float(t0) * 1e9) <= e.time_nano <= int(float(now) * 1e9) for e in big)
+    # Started after the bulky one: its events came after those lines, and read in full.
+    small = [e for e in events if e.actor_id == plain]
+    assert [e.action for e in small] == ["create", "start"]
+    assert all(not e.oversized and e.attributes[CASE_LABEL] == labels[CASE_LABEL] for e in small)
+    assert small[0].time_nano > big[1].time_nano
 
 
 # --- kill -------------------------------------------------------------------------------

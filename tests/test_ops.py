@@ -45,6 +45,7 @@ METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "lbsync_check_failures_total": ("counter", frozenset({"target"})),
     "lbsync_engine_connected": ("gauge", frozenset()),
     "lbsync_engine_reconnects_total": ("counter", frozenset()),
+    "lbsync_event_reader_failures_total": ("counter", frozenset()),
     "lbsync_containers_discovered": ("gauge", frozenset({"target"})),
     "lbsync_containers_routed": ("gauge", frozenset({"target"})),
     "lbsync_containers_skipped": ("gauge", frozenset({"target", "reason"})),

@@ -21,7 +21,7 @@ from lbsync.docker_api import DockerClient, Event
 from lbsync.model import Container
 from lbsync.registry import Registry
 from lbsync.watcher import Change, Watcher
-from tests.lab import BACKEND_IMAGE, TEST_LABEL, Lab, docker, free_port
+from tests.lab import BACKEND_IMAGE, TEST_LABEL, Lab, bulky_labels, docker, free_port
 
 pytestmark = pytest.mark.engine
 
@@ -144,3 +144,31 @@ async def test_start_costs_one_inspect_and_stop_none(lab: Lab, followed: Followe
     # What the events said is what an inspect answers.
     assert stored == container_from_inspect(await followed.inspect_uncounted(cid))
     print(f"\ninspects of the container: start {started}, stop {stopped}")
+
+
+async def test_an_oversized_event_is_answered_with_an_inspect(lab: Lab, followed: Followed) -> None:
+    """~600 KB of labels make each event of the container ~600 KB long (the engine copies
+    every label into it): each is skipped, and the container it names inspected instead. The
+    stream goes on: a container started next is followed from its own event (resync is off)."""
+
+    def running(cid: str) -> Callable[[], bool]:
+        return lambda: (c := followed.state(cid)) is not None and c.state == "running"
+
+    bulky = await asyncio.to_thread(lab.run_backend, free_port(), labels=bulky_labels())
+    await followed.until("the bulky container running", running(bulky))
+    skipped = [e for e in followed.seen if e.actor_id == bulky]
+    assert skipped and all(e.oversized > 600_000 for e in skipped)
+    assert followed.inspected.count(bulky) >= 1
+    stored = followed.state(bulky)
+    assert stored is not None and stored.labels.keys() >= bulky_labels().keys()
+
+    plain = await asyncio.to_thread(lab.run_backend, free_port())
+    await followed.until("the next container running", running(plain))
+    assert followed.saw(plain, "start")
+
+    await asyncio.to_thread(lab.stop, bulky, 5)
+    await followed.until(
+        "the bulky container exited",
+        lambda: (c := followed.state(bulky)) is not None and c.state == "exited",
+    )
+    assert (followed.watcher.reconnects, followed.watcher.reader_failures) == (0, 0)

@@ -1,21 +1,30 @@
 """The watcher against a FAKE engine that misbehaves on purpose: streams cut mid-line, garbage,
-unknown events, a 500 on /events, a slow engine, inspects that 404. A real engine will not do
-these on demand; the behaviour under a real engine is tested in the integration tests.
+unknown events, a 500 on /events, a slow engine, inspects that 404, an event line too long
+that names nothing, a re-list held back. A real engine will not do these on demand; the
+behaviour under a real engine is tested in the integration tests. A bug in the events reader
+is injected into lbsync (the parser made to raise), with the fake engine holding the re-list
+after it, so that the moment before recovery can be looked at.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from lbsync.docker_api import DockerClient
+from lbsync.config import load_config
+from lbsync.daemon import Daemon
+from lbsync.docker_api import MAX_EVENT_LINE, DockerClient, Event
 from lbsync.registry import Registry
+from lbsync.server import make_app
 from lbsync.watcher import Change, Watcher
 from tests.fake_engine import FakeEngine, event_line
 
@@ -135,10 +144,12 @@ async def start_watcher(
 ) -> AsyncIterator[Callable[..., Running]]:
     started: list[Running] = []
 
-    def start(resync: float = 0) -> Running:
+    def start(resync: float = 0, retry_max_wait: float = 0.05) -> Running:
         registry = Registry()
         changes: list[Change] = []
-        watcher = Watcher(fake_client, registry, changes.append, resync=resync, retry_max_wait=0.05)
+        watcher = Watcher(
+            fake_client, registry, changes.append, resync=resync, retry_max_wait=retry_max_wait
+        )
         running = Running(watcher, registry, changes, asyncio.create_task(watcher.run()))
         started.append(running)
         return running
@@ -394,3 +405,168 @@ async def test_after_a_reconnect_every_container_is_inspected(
     running = start_watcher()
     await until(lambda: engine.connections >= 2 and running.watcher.connected)
     assert engine.inspects == ["a" * 64] * 2  # listed at start, listed again after the cut
+
+
+# --- event lines too long, and bugs in the events reader -----------------------------------
+
+INJECTED = "injected reader bug"
+
+
+def inject_reader_bug(monkeypatch: pytest.MonkeyPatch, times: int | None = 1) -> None:
+    """Make lbsync's event parser raise RuntimeError (a bug, not an engine error) the first
+    `times` times it runs (None: always)."""
+    real = Event.from_json
+    calls = 0
+
+    def buggy(data: Any) -> Event:
+        nonlocal calls
+        calls += 1
+        if times is None or calls <= times:
+            raise RuntimeError(INJECTED)
+        return real(data)
+
+    monkeypatch.setattr(Event, "from_json", staticmethod(buggy))
+
+
+def reader_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.levelno == logging.ERROR and "the events reader failed" in r.getMessage()
+    ]
+
+
+async def test_an_oversized_event_that_names_nothing_makes_a_relist(
+    engine: ScriptedEngine,
+    start_watcher: Callable[..., Running],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A line over the bound whose start says nothing lbsync can read (no engine writes its
+    attributes first): it is skipped, and everything listed again; the stream goes on."""
+    engine.containers["a" * 64] = inspect_json("a" * 64, "web")
+    unreadable = b'{"Actor":{"Attributes":{"x":"' + b"y" * (2 * MAX_EVENT_LINE) + b'"}}}\n'
+    engine.scripts = [[unreadable, event_line("start", "b" * 64), HANG]]
+    running = start_watcher()
+    await until(lambda: engine.listings >= 2 and "b" * 64 in engine.inspects)
+    assert engine.connections == 1 and running.watcher.reconnects == 0
+    assert running.watcher.connected and not running.task.done()
+    assert any("listing every container again" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_bug_in_the_events_reader_is_logged_counted_and_followed_by_a_relist(
+    engine: ScriptedEngine,
+    start_watcher: Callable[..., Running],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Was: anything but a DockerError ended the reader task silently; the follower waited
+    on an empty queue forever, still "connected"."""
+    engine.containers["a" * 64] = inspect_json("a" * 64, "web")
+    engine.containers["c" * 64] = inspect_json("c" * 64, "api")
+    engine.scripts = [[event_line("start", "a" * 64), HANG], [event_line("start", "c" * 64), HANG]]
+    inject_reader_bug(monkeypatch)
+    running = start_watcher()
+    watcher = running.watcher
+    await until(lambda: engine.connections >= 2 and watcher.connected and watcher.events_seen >= 1)
+    assert (watcher.reader_failures, watcher.reconnects) == (1, 1)
+    assert engine.listings == 2  # listed at start, and again after the reconnect
+    [logged] = reader_errors(caplog)
+    assert logged.exc_info is not None and isinstance(logged.exc_info[1], RuntimeError)
+    assert INJECTED in logged.getMessage()
+    # The stream after the reconnect is followed: its event was applied.
+    await until(lambda: engine.inspects.count("c" * 64) >= 3)  # list, re-list, the event
+    assert not running.task.done()
+
+
+async def test_a_reader_that_keeps_failing_backs_off_and_never_stops(
+    engine: ScriptedEngine,
+    start_watcher: Callable[..., Running],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine.containers["a" * 64] = inspect_json("a" * 64, "web")
+    engine.scripts = [[event_line("start", "a" * 64), HANG] for _ in range(50)]
+    inject_reader_bug(monkeypatch, times=None)
+    # The top of each jittered window: waits of 0.1, 0.2, 0.4, 0.8 s, then 1 s.
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    running = start_watcher(retry_max_wait=1.0)
+    await asyncio.sleep(1.2)
+    # Without a backoff it would have reconnected (and listed) hundreds of times by now.
+    assert 3 <= running.watcher.reader_failures <= 5
+    # Each failure was followed by a reconnect and a re-list (the last one may be waiting).
+    assert engine.connections == engine.listings
+    assert engine.connections - running.watcher.reader_failures in (0, 1)
+    assert not running.watcher.connected and INJECTED in (running.watcher.last_error or "")
+    assert not running.task.done()
+
+
+async def test_a_reader_cancelled_from_outside_is_a_failure_too(
+    engine: ScriptedEngine, start_watcher: Callable[..., Running]
+) -> None:
+    engine.containers["a" * 64] = inspect_json("a" * 64, "web")
+    running = start_watcher()
+    await until(lambda: running.watcher.connected)
+    [reader] = [t for t in asyncio.all_tasks() if t.get_name() == "lbsync-events-reader"]
+    reader.cancel()
+    await until(lambda: engine.connections >= 2 and running.watcher.connected)
+    assert running.watcher.reader_failures == 1
+    assert engine.listings == 2
+
+
+async def test_healthz_is_503_with_the_reason_until_the_relist_after_a_reader_bug(
+    engine: ScriptedEngine,
+    fake_client: DockerClient,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    aiohttp_client: Callable[..., Any],
+) -> None:
+    """The daemon's own /healthz, /metrics and /status while the reader has failed and the
+    re-list after the reconnect is held back by the fake engine, then after it."""
+    config_path = tmp_path / "lbsync.yaml"
+    config_path.write_text(
+        "targets:\n"
+        "  - name: edge\n"
+        f"    output: {tmp_path / 'conf.d' / 'lbsync.conf'}\n"
+        "    check: none\n"
+        "    reload: none\n"
+        "    proxy: {pid_file: /nonexistent/nginx.pid}\n"
+    )
+    daemon = Daemon(load_config(config_path, {}), fake_client, config_path=config_path)
+    engine.containers["a" * 64] = inspect_json("a" * 64, "web")
+    held = asyncio.Event()
+
+    async def listing(request: web.Request) -> web.StreamResponse:
+        engine.listings += 1
+        if engine.listings == 2:
+            await held.wait()
+        return web.json_response([listed_json(data) for data in engine.containers.values()])
+
+    engine.fake.route("GET", "/containers/json", listing)
+    engine.scripts = [[event_line("start", "a" * 64), HANG]]
+    inject_reader_bug(monkeypatch)
+    http = await aiohttp_client(make_app(daemon))
+    task = asyncio.create_task(daemon.watcher.run())
+    try:
+        await until(lambda: engine.listings == 2)
+        response = await http.get("/healthz")
+        body = await response.text()
+        assert response.status == 503
+        assert f"the events reader failed: RuntimeError({INJECTED!r})" in body
+        metrics = await (await http.get("/metrics")).text()
+        assert "lbsync_event_reader_failures_total 1.0" in metrics.splitlines()
+        assert "lbsync_engine_connected 0.0" in metrics.splitlines()
+        status = await (await http.get("/status")).json()
+        assert status["engine"]["connected"] is False
+        assert INJECTED in status["engine"]["last_error"]
+
+        held.set()
+        await until(lambda: daemon.watcher.connected)
+        body = await (await http.get("/healthz")).text()
+        assert "engine" not in body and "reader" not in body  # only: no pass has run yet
+        metrics = await (await http.get("/metrics")).text()
+        assert "lbsync_engine_connected 1.0" in metrics.splitlines()
+        assert "lbsync_engine_reconnects_total 1.0" in metrics.splitlines()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await fake_client.close()
