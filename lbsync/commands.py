@@ -15,7 +15,7 @@ from lbsync.config import Config, DiscoveryConfig
 from lbsync.containers import container_from_inspect
 from lbsync.daemon import Daemon
 from lbsync.docker_api import DockerClient, Event, NotFound, resolve_endpoint
-from lbsync.labels import parse_services
+from lbsync.labels import parse_services, show_label
 from lbsync.logs import setup_logging
 from lbsync.memory import fix_mmap_threshold, freeze_startup_objects
 from lbsync.model import RoutingModel, Service
@@ -65,16 +65,19 @@ def format_service(service: Service) -> str:
 
 
 def format_event(event: Event, discovery: DiscoveryConfig, details: str = "") -> str:
-    """One line per event: time, action, name, short id, our labels, then what we parsed."""
+    """One line per event: time, action, name, short id, our labels, then what we parsed.
+
+    Label keys and values (and the name) are whatever the container's owner set: shown as
+    the log shows them, so a newline or an escape sequence in one cannot forge a line."""
     when = datetime.fromtimestamp(event.time_nano / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
     name = event.attributes.get("name", "")
     prefix = discovery.label_prefix + "."
     labels = " ".join(
-        f"{key}={value}"
+        f"{show_label(key)}={show_label(value)}"
         for key, value in sorted(event.attributes.items())
         if key.startswith(prefix) or key == discovery.label_prefix
     )
-    parts = [when[:-3] + "Z", event.action, name or "-", event.actor_id[:12]]
+    parts = [when[:-3] + "Z", event.action, show_label(name) if name else "-", event.actor_id[:12]]
     if labels:
         parts.append(labels)
     line = " ".join(parts)
