@@ -15,10 +15,10 @@ from lbsync.config import Config, DiscoveryConfig
 from lbsync.containers import container_from_inspect
 from lbsync.daemon import Daemon
 from lbsync.docker_api import DockerClient, Event, NotFound, resolve_endpoint
-from lbsync.labels import parse_services
+from lbsync.labels import parse_services, show_label
 from lbsync.logs import setup_logging
 from lbsync.memory import fix_mmap_threshold, freeze_startup_objects
-from lbsync.model import Service
+from lbsync.model import RoutingModel, Service
 from lbsync.registry import Registry
 from lbsync.render import CompiledTemplate, TemplateError, load_template, render
 from lbsync.routing import build_model
@@ -65,16 +65,19 @@ def format_service(service: Service) -> str:
 
 
 def format_event(event: Event, discovery: DiscoveryConfig, details: str = "") -> str:
-    """One line per event: time, action, name, short id, our labels, then what we parsed."""
+    """One line per event: time, action, name, short id, our labels, then what we parsed.
+
+    Label keys and values (and the name) are whatever the container's owner set: shown as
+    the log shows them, so a newline or an escape sequence in one cannot forge a line."""
     when = datetime.fromtimestamp(event.time_nano / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
     name = event.attributes.get("name", "")
     prefix = discovery.label_prefix + "."
     labels = " ".join(
-        f"{key}={value}"
+        f"{show_label(key)}={show_label(value)}"
         for key, value in sorted(event.attributes.items())
         if key.startswith(prefix) or key == discovery.label_prefix
     )
-    parts = [when[:-3] + "Z", event.action, name or "-", event.actor_id[:12]]
+    parts = [when[:-3] + "Z", event.action, show_label(name) if name else "-", event.actor_id[:12]]
     if labels:
         parts.append(labels)
     line = " ".join(parts)
@@ -126,9 +129,21 @@ def load_templates(config: Config) -> dict[str, CompiledTemplate]:
     return templates
 
 
+#: What `check` renders each template with: no containers at all.
+NO_CONTAINERS = RoutingModel(hosts=(), upstreams=(), containers=())
+
+
 def check(config: Config, out: TextIO = sys.stdout) -> int:
-    """`lbsync check`: the config parsed already; compile the templates."""
-    load_templates(config)
+    """`lbsync check`: the config parsed already; compile the templates and render each with
+    no containers. The render finds what compiling cannot: a name the template misspells or
+    an attempt to reach Python (the sandbox refuses it only when the line runs), at least
+    outside the loops over hosts and upstreams; it costs a millisecond."""
+    templates = load_templates(config)
+    for target in config.targets:
+        try:
+            render(templates[target.name], NO_CONTAINERS, target)
+        except TemplateError as exc:
+            raise UserError(f"target {target.name}: {exc} (rendered with no containers)") from exc
     where = config.source or "built-in defaults"
     print(f"{where}: ok ({len(config.targets)} target(s))", file=out)
     return 0
@@ -165,7 +180,10 @@ async def render_once(
             if warning not in warned:  # a container several targets select: say it once
                 warned.add(warning)
                 print(f"lbsync: warning: {warning}", file=sys.stderr)
-        text = render(templates[spec.name], model, spec)
+        try:
+            text = render(templates[spec.name], model, spec)
+        except TemplateError as exc:
+            raise UserError(f"target {spec.name}: {exc}") from exc
         if diff:
             current = read_current(spec.output)
             old = (current or b"").decode("utf-8", "replace").splitlines(keepends=True)

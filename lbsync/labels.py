@@ -135,11 +135,13 @@ def _show(value: str) -> str:
     return repr(value)
 
 
-def _show_key(key: str) -> str:
-    """A label key for a message: as is when plain printable ASCII, else quoted."""
-    if len(key) <= _SHOW_MAX and key.isascii() and key.isprintable() and " " not in key:
-        return key
-    return _show(key)
+def show_label(text: str) -> str:
+    """A label key or value for one line of output (a log message, `lbsync events`): as is
+    when plain printable ASCII without spaces, else quoted with every control character
+    (newline, CR, ESC, U+2028, ...) escaped, and cut when long; it never starts a new line."""
+    if len(text) <= _SHOW_MAX and text.isascii() and text.isprintable() and " " not in text:
+        return text
+    return _show(text)
 
 
 def is_valid_host(host: str) -> bool:
@@ -492,7 +494,7 @@ def _parse(
             found = problems.get(name) if problems is not None else None
             if found:
                 label, sentence = min(found)
-                ctx.skip(INVALID_LABEL, f"label {_show_key(label)}: {sentence}; {_skipped(name)}")
+                ctx.skip(INVALID_LABEL, f"label {show_label(label)}: {sentence}; {_skipped(name)}")
                 continue
             service = _build_service(ctx, name, named[name], None, False)
             if service is not None:

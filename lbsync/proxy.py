@@ -139,11 +139,60 @@ def _children_of(pid: int) -> set[int]:
     return children
 
 
+#: What /proc/PID/comm says for a proxy's master process. Either proxy is accepted whatever
+#: the target's template: a user template or `check: none` says nothing reliable about which
+#: proxy runs, and the point is never to signal what is not a proxy (nginx-debug: the
+#: official nginx image's debug binary).
+PROXY_COMMANDS = frozenset({"nginx", "nginx-debug", "haproxy"})
+#: Enough for any pid file (HAProxy writes one pid a line); what is past it is not read.
+PID_FILE_READ_MAX = 4096
+#: The highest pid Linux can have is 2**22 (/proc/sys/kernel/pid_max): 7 digits.
+PID_MAX_DIGITS = 7
+
+
 def read_pid_file(path: Path) -> int:
+    """The proxy master's pid from its pid file (the first number in it).
+
+    Only a pid >= 1 of a running nginx or haproxy (`/proc/PID/comm`): `kill(0)` would signal
+    lbsync's own process group and `kill(-1)` every process it may signal, and a stale file
+    can name a pid the kernel gave to something else. PID 1 is fine: with a shared PID
+    namespace (deploy/compose.least-privilege.yaml) the proxy is PID 1. ReloadFailed says
+    which file and what is wrong with it.
+    """
     try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError) as exc:
-        raise ReloadFailed(f"cannot read a pid from {path}: {exc}") from exc
+        with path.open("rb") as file:
+            head = file.read(PID_FILE_READ_MAX)
+    except OSError as exc:
+        raise ReloadFailed(f"pid file {path}: cannot read it: {exc.strerror or exc}") from exc
+    words = head.split()
+    if not words:
+        raise ReloadFailed(f"pid file {path}: it is empty (is the proxy running?)")
+    word = words[0].decode("utf-8", "replace")
+    if word.startswith("-") and word[1:].isascii() and word[1:].isdigit():
+        raise ReloadFailed(
+            f"pid file {path}: {word[:40]} is not a pid (a negative one would signal a "
+            "process group, -1 every process)"
+        )
+    if not (word.isascii() and word.isdigit()) or len(word) > PID_MAX_DIGITS:
+        raise ReloadFailed(f"pid file {path}: {word[:40]!r} is not a pid")
+    pid = int(word)
+    if pid < 1:
+        raise ReloadFailed(f"pid file {path}: pid 0 would signal lbsync's own process group")
+    try:
+        command = Path(f"/proc/{pid}/comm").read_text(errors="replace").rstrip("\n")
+    except FileNotFoundError as exc:
+        raise ReloadFailed(
+            f"pid file {path}: no process {pid} (a stale file, or the proxy is not in "
+            "lbsync's PID namespace)"
+        ) from exc
+    except OSError as exc:
+        raise ReloadFailed(
+            f"pid file {path}: cannot read /proc/{pid}/comm: {exc.strerror or exc}"
+        ) from exc
+    if command not in PROXY_COMMANDS:
+        expected = " or ".join(sorted(PROXY_COMMANDS))
+        raise ReloadFailed(f"pid file {path}: pid {pid} is {command[:40]!r}, not {expected}")
+    return pid
 
 
 async def _wait_for_new(

@@ -13,11 +13,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import is_not
-from pathlib import Path
+from pathlib import Path, PurePath
 from types import TracebackType
 from typing import Any
 
 import jinja2
+import jinja2.sandbox
 
 import lbsync
 from lbsync.config import TargetConfig
@@ -234,8 +235,63 @@ def match_order(hosts: Iterable[Host]) -> list[Host]:
     return exact + wildcards
 
 
-def _make_environment() -> jinja2.Environment:
-    env = jinja2.Environment(
+class _TemplateSandbox(jinja2.sandbox.SandboxedEnvironment):
+    """Jinja2's sandbox (SPEC §3a): lbsync holds the Docker socket, so a template must not
+    reach Python (`cycler.__init__.__globals__.os` is refused). Not the immutable variant: the
+    model is frozen dataclasses already, and it would also refuse a template's own lists.
+
+    Paths in the context (`target.output`, ...) are pure as well: `target.output.name` reads
+    fine, but nothing that opens, writes or lists a file (`write_text`, `unlink`, `glob`):
+    Jinja2's sandbox would let a template call those public methods.
+
+    The sandbox's checks cost more than the rest of a render (an attribute: a dozen
+    isinstance calls), so the verdicts that depend only on the object's type and the
+    attribute's name are remembered (below), and a macro, always safe to call, is called
+    without asking.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if attribute in _SAFE_ATTRIBUTES.get(type(obj), _NONE):
+            try:
+                return getattr(obj, attribute)
+            except AttributeError:
+                pass  # not on this object after all: the sandbox's own path decides
+        return super().getattr(obj, attribute)
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        if isinstance(obj, PurePath) and not hasattr(PurePath, attr):
+            return False
+        if not super().is_safe_attribute(obj, attr, value):
+            return False
+        # Jinja2 decides by the name and isinstance checks on the object, never by its
+        # value, except for str.format and format_map (wrapped before this is asked).
+        if attr not in ("format", "format_map"):
+            names = _SAFE_ATTRIBUTES.setdefault(type(obj), set())
+            if len(names) < _SAFE_NAMES_MAX:
+                names.add(attr)
+        return True
+
+    def call(
+        __self,  # Jinja2's own signature: a keyword argument may be called `self`
+        __context: jinja2.runtime.Context,
+        __obj: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        if type(__obj) is jinja2.runtime.Macro:  # the template's own: nothing to check
+            return __context.call(__obj, *args, **kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+# type -> names of its attributes the sandbox allowed: a template reads the same few again
+# and again. Bounded: the `attr` filter can make names out of label values.
+_SAFE_ATTRIBUTES: dict[type, set[str]] = {}
+_SAFE_NAMES_MAX = 256
+_NONE: frozenset[str] = frozenset()
+
+
+def _make_environment() -> _TemplateSandbox:
+    env = _TemplateSandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
@@ -318,6 +374,8 @@ def _template_line(tb: TracebackType | None, filename: str | None) -> int | None
 
 
 def _describe(exc: Exception) -> str:
+    if isinstance(exc, jinja2.exceptions.SecurityError):
+        return f"refused by the sandbox: {exc}"
     if isinstance(exc, jinja2.TemplateError | UnsafeValueError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+import jinja2.sandbox
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -66,10 +67,11 @@ _env: jinja2.Environment | None = None
 
 
 def environment() -> jinja2.Environment:
-    """The page's Jinja2 environment (created once): autoescaped HTML, strict names."""
+    """The page's Jinja2 environment (created once): autoescaped HTML, strict names, and
+    sandboxed like every template lbsync renders (SPEC §3a)."""
     global _env
     if _env is None:
-        _env = jinja2.Environment(
+        _env = jinja2.sandbox.SandboxedEnvironment(
             loader=jinja2.FileSystemLoader(WEB_DIR),
             autoescape=True,
             undefined=jinja2.StrictUndefined,

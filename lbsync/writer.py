@@ -2,8 +2,10 @@
 
 The temp file lives in the output's own directory (a rename never crosses a filesystem) and
 its name never matches `*.conf` or `*.cfg`, so a proxy that includes `conf.d/*.conf` never
-reads a half-written file. The proxy must mount the directory: a bind-mounted single file
-keeps its old inode and would never see the rename.
+reads a half-written file. Its name is random and it is created exclusively: a file or
+symlink someone planted in the directory is never opened, followed or re-moded. The proxy
+must mount the directory: a bind-mounted single file keeps its old inode and would never see
+the rename.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 DEFAULT_MODE = 0o644
+TEMP_SUFFIX = ".lbsync-tmp"
 
 
 class WriteError(Exception):
@@ -30,9 +34,16 @@ def read_current(path: Path) -> bytes | None:
         raise WriteError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def temp_name(path: Path) -> Path:
-    """`.lbsync.conf.lbsync-tmp` beside `lbsync.conf`: hidden, and no proxy glob matches it."""
-    return path.with_name(f".{path.name}.lbsync-tmp")
+def create_temp(path: Path) -> tuple[int, Path]:
+    """A new, empty temp file beside `path`: `.lbsync.conf.<random>.lbsync-tmp`, open for writing.
+
+    mkstemp picks a random name and creates it with O_CREAT|O_EXCL|O_NOFOLLOW (mode 0600),
+    retrying on a taken name: whatever someone planted in the directory (a symlink to a file
+    of theirs, or to one they want created) is never opened. Hidden, and it ends in
+    `.lbsync-tmp`, so no proxy glob (`*.conf`, `*.cfg`) matches it.
+    """
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    return fd, Path(name)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -43,11 +54,14 @@ def write_atomic(path: Path, data: bytes) -> None:
         mode = DEFAULT_MODE
     except OSError as exc:
         raise WriteError(f"cannot stat {path}: {exc.strerror or exc}") from exc
-    tmp = temp_name(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        fd, tmp = create_temp(path)
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    renamed = False
+    try:
         try:
-            os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask; we want the old one
+            os.fchmod(fd, mode)  # mkstemp creates it 0600; we want the replaced file's mode
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
@@ -56,10 +70,13 @@ def write_atomic(path: Path, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        renamed = True
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        if not renamed:  # whatever failed: leave nothing beside the output
+            with contextlib.suppress(OSError):
+                tmp.unlink()
     _fsync_dir(path.parent)
 
 

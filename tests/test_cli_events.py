@@ -14,6 +14,9 @@ from typing import IO
 
 import pytest
 
+from lbsync.commands import format_event
+from lbsync.config import DiscoveryConfig
+from lbsync.docker_api import Event
 from tests.lab import Lab, free_port, try_http_get, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -194,3 +197,67 @@ def test_events_bad_config_exits_2(tmp_path: Path, yaml_text: str, key_path: str
     assert "Traceback" not in result.stderr
     assert f"{key_path}: unknown key" in result.stderr
     assert str(config) in result.stderr
+
+
+# --------------------------------------------------------------------------- one event, one line
+
+#: Characters that end a line or drive a terminal, each in a label value.
+FORGING = {
+    "newline": "a.test\n2026-01-01T00:00:00.000Z start forged 000000000000 lbsync.host=bank.test",
+    "cr": "a.test\rforged",
+    "crlf": "a.test\r\nforged",
+    "ansi": "\x1b[2K\x1b[1Ggreen\x1b[32m",
+    "csi-c1": "a\x9b31mred",
+    "u2028": "a.test\u2028forged",
+    "u2029": "a.test\u2029forged",
+    "nel": "a.test\x85forged",
+    "vt-ff-fs": "a\x0bb\x0cc\x1cd\x1de\x1ef",
+    "nul-del-bel-bs": "a\x00b\x7fc\x07d\x08e",
+    "tab": "a\tb",
+    "bidi": "a\u202egnp.exe",
+}
+
+
+def event_with(labels: dict[str, str], name: str = "web-1") -> Event:
+    attributes = {"name": name, "image": "backend", **labels}
+    return Event("container", "start", "0123456789ab" * 5, attributes, 1_767_225_600 * 10**9)
+
+
+def assert_one_clean_line(line: str) -> None:
+    assert line.splitlines() == [line], repr(line)
+    unprintable = [c for c in line if not c.isprintable()]
+    assert unprintable == [], repr(line)
+
+
+@pytest.mark.parametrize("value", FORGING.values(), ids=FORGING.keys())
+def test_a_label_value_cannot_forge_an_events_line(value: str) -> None:
+    line = format_event(event_with({"lbsync.host": value}), DiscoveryConfig(), "state=running")
+    assert_one_clean_line(line)
+    assert line.startswith("2026-01-01T00:00:00.000Z start web-1 0123456789ab lbsync.host=")
+    assert line.endswith(" | state=running")
+    shown = line.split("lbsync.host=", 1)[1].rsplit(" | ", 1)[0]
+    assert shown == repr(value), shown  # quoted, each control character written as an escape
+
+
+def test_a_label_key_and_a_name_cannot_forge_an_events_line() -> None:
+    labels = {"lbsync.host\nforged": "a.test", "lbsync.\x1b[31mweb.host": "b.test"}
+    line = format_event(event_with(labels, name="web\r\nforged"), DiscoveryConfig())
+    assert_one_clean_line(line)
+    assert "'web\\r\\nforged'" in line
+    assert "'lbsync.host\\nforged'=a.test" in line
+    assert "'lbsync.\\x1b[31mweb.host'=b.test" in line
+
+
+def test_plain_labels_read_as_they_are_and_long_ones_are_cut() -> None:
+    labels = {
+        "lbsync.enable": "true",
+        "lbsync.host": "a.test,b.test",
+        "lbsync.path": "/" + "x" * 99,
+    }
+    line = format_event(event_with(labels), DiscoveryConfig())
+    assert_one_clean_line(line)
+    words = line.split(" ")
+    assert "lbsync.enable=true" in words and "lbsync.host=a.test,b.test" in words
+    assert "image=backend" not in line  # only lbsync's labels
+    path = next(w for w in words if w.startswith("lbsync.path="))
+    assert path.endswith("'...") and len(path) < 120

@@ -296,6 +296,41 @@ def test_render_engine_unreachable(tmp_path: Path) -> None:
     assert not output.exists()
 
 
+#: Reaches for Python inside the loop over hosts: compiles, and `check` (no containers) never
+#: runs that line; a render with a routed host does.
+ESCAPE_IN_A_HOST = """\
+# lbsync test template
+{% for h in hosts %}
+server_name {{ h.name | nginx_quote }};
+{{ cycler.__init__.__globals__.os.system('touch MARKER') }}
+{% endfor %}
+"""
+
+
+@pytest.mark.engine
+def test_render_a_template_reaching_python_is_one_line_exit_2(lab: Lab, tmp_path: Path) -> None:
+    backends = start_backends(lab, hostile=False)
+    template = tmp_path / "escape.conf.j2"
+    template.write_text(ESCAPE_IN_A_HOST)
+    output = tmp_path / "out" / "lbsync.conf"
+    config = write_config(
+        tmp_path / "lbsync.yaml",
+        target_yaml("nginx", output, free_port(), backends.run_id, template=template.name),
+    )
+
+    result = run_lbsync(tmp_path, "render", "-c", str(config))
+
+    assert result.returncode == 2, result.stderr
+    assert_no_traceback(result)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"lbsync: target nginx: template {template}, line 4: ")
+    assert "refused by the sandbox" in lines[0] and "__init__" in lines[0]
+    assert not (tmp_path / "MARKER").exists()
+    assert not output.exists()
+
+
 # --------------------------------------------------------------------------- check
 
 
@@ -349,3 +384,43 @@ def test_check_template_syntax_error_names_file_and_line(tmp_path: Path) -> None
     assert result.stdout == ""
     assert str(template) in result.stderr
     assert "line 3" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        pytest.param(
+            "{{ cycler.__init__.__globals__.os.system('touch MARKER') }}",
+            "refused by the sandbox: access to attribute '__init__'",
+            id="sandbox",
+        ),
+        pytest.param(
+            "{{ target.output.write_text('x') }}",
+            "refused by the sandbox: access to attribute 'write_text'",
+            id="path-io",
+        ),
+        pytest.param("{{ vars.missnig }}", "missnig", id="undefined"),
+    ],
+)
+def test_check_renders_each_template_with_no_containers(
+    tmp_path: Path, line: str, says: str
+) -> None:
+    template = tmp_path / "mine.conf.j2"
+    template.write_text(f"# line 1\n{line}\n")
+    output = tmp_path / "out" / "b.conf"
+    config = write_config(
+        tmp_path / "lbsync.yaml",
+        target_yaml("nginx", tmp_path / "out" / "a.conf", 8080, "x"),
+        target_yaml("mine", output, 8081, "x", template=template.name),
+    )
+    result = run_lbsync(tmp_path, "check", "-c", str(config), DOCKER_HOST=NOWHERE)
+    assert result.returncode == 2, result.stderr
+    assert_no_traceback(result)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"lbsync: target mine: template {template}, line 2: ")
+    assert says in lines[0]
+    assert lines[0].endswith("(rendered with no containers)")
+    assert not (tmp_path / "MARKER").exists()
+    assert not (tmp_path / "out").exists()

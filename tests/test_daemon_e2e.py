@@ -179,6 +179,32 @@ def test_refused_check_keeps_the_last_good_file(lab: Lab, tmp_path: Path) -> Non
         assert lab.state(second.id) == "running"
 
 
+def test_a_template_reaching_python_keeps_the_last_good_file(lab: Lab, tmp_path: Path) -> None:
+    marker = tmp_path / "MARKER"
+    escape = f"{{{{ cycler.__init__.__globals__.os.system('touch {marker}') }}}}"
+    template = tmp_path / "escape.conf.j2"
+    template.write_text(BAD_TEMPLATE.replace("bogus_directive on;", escape))
+    with LbsyncHarness(lab, tmp_path, target={"template": str(template)}) as h:
+        first = h.backend("first", host="sandbox.test")
+        h.wait_until_routes("sandbox.test", {first.name})
+        h.poll(lambda: h.healthz()[0] == 200, 5, "/healthz 200 with a good config")
+        good = h.output_bytes()
+        reloads = h.metric("lbsync_reloads_total", target=h.target_name)
+
+        second = h.backend("second", host="sandbox.test")  # two servers: the escape line runs
+        h.poll(lambda: "refused by the sandbox" in h.log_text(), 10, "the refusal logged")
+        line = next(x for x in h.log_text().splitlines() if "refused by the sandbox" in x)
+        assert f"template {template}, line 7: refused by the sandbox: " in line, line
+        assert "ERROR" in line and "Traceback" not in h.log_text()
+        assert not marker.exists()
+        assert h.output_bytes() == good
+        assert h.metric("lbsync_reloads_total", target=h.target_name) == reloads
+        code, body = h.healthz()
+        assert code == 503 and "sandbox" in body, body
+        h.wait_until_routes("sandbox.test", {first.name})  # nginx keeps the last good file
+        assert lab.state(second.id) == "running"
+
+
 def test_unrelated_containers_write_and_reload_nothing(lab: Lab, tmp_path: Path) -> None:
     with LbsyncHarness(lab, tmp_path) as h:
         mine = h.backend("mine", host="mine.test")

@@ -447,6 +447,84 @@ def test_python_error_in_template_is_a_template_error(tmp_path: Path) -> None:
     assert isinstance(info.value.__cause__, ZeroDivisionError)
 
 
+#: Ways out of a template into Python, each of which would create MARKER if it got through.
+ESCAPES = {
+    "cycler globals": "{{ cycler.__init__.__globals__.os.system('touch MARKER') }}",
+    "lipsum globals": "{{ lipsum.__globals__['os'].system('touch MARKER') }}",
+    "str subclasses": "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "model class": "{% for h in hosts %}{{ h.__class__.__init__.__globals__ }}{% endfor %}",
+    "attr filter": "{{ (target | attr('__class__')).__init__.__globals__ }}",
+    "format": "{{ '{0.__class__.__init__.__globals__}'.format(target) }}",
+    "template reference": "{{ self._TemplateReference__context.environment }}",
+    "path write": "{{ target.output.with_name('MARKER').write_text('x') }}",
+    "path unlink": "{{ target.output.unlink() }}",
+    "path listing": "{{ target.output.parent.glob('*') | list }}",
+    "path open": "{{ target.output.open('w') }}",
+}
+
+
+@pytest.mark.parametrize("source", ESCAPES.values(), ids=ESCAPES.keys())
+def test_a_template_cannot_reach_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where `touch MARKER` would land
+    output = tmp_path / "out.conf"
+    output.write_text("keep me\n")
+    (tmp_path / "user.j2").write_text(f"# one\n{source}\n")
+    tgt = target(template=str(tmp_path / "user.j2"), output=output)
+    compiled = load_template(tgt)  # it compiles: the sandbox acts when the line runs
+    with pytest.raises(TemplateError) as info:
+        render(compiled, model(host("web.example.com", ("/", WEB))), tgt)
+    err = info.value
+    assert isinstance(err.__cause__, jinja2.exceptions.SecurityError)
+    assert err.line == 2
+    assert str(err).startswith(f"template {tmp_path / 'user.j2'}, line 2: refused by the sandbox: ")
+    assert "\n" not in str(err)
+    assert not (tmp_path / "MARKER").exists()
+    assert output.read_text() == "keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.conf", "user.j2"]
+
+
+def test_the_sandbox_keeps_what_templates_use(tmp_path: Path) -> None:
+    source = (
+        "{{ target.output.name }} {{ target.output.parent.name }} {{ target.output.suffix }}"
+        " {{ target.output.with_suffix('.bak').name }}\n"
+        "{% set seen = [] %}{% for h in hosts %}{{ seen.append(h.name) or '' }}{% endfor %}"
+        "{{ seen | join(',') }} {{ vars.items() | list | length }} {{ '%s-%d' % ('a', 1) }}"
+        " {{ '{}:{}'.format('b', 2) }} {{ range(3) | list }}\n"
+    )
+    tgt = _user(tmp_path, source)
+    text = render(load_template(tgt), model(host("web.example.com", ("/", WEB))), tgt)
+    assert text == "lbsync.conf conf.d .conf lbsync.bak\nweb.example.com 1 a-1 b:2 [0, 1, 2]\n"
+
+
+def test_remembered_verdicts_never_widen_the_sandbox(tmp_path: Path) -> None:
+    """The sandbox remembers which (type, name) it allowed; that never lets through another
+    name of the same type, nor the same name where it would be unsafe, and stays bounded."""
+    routing = model(host("web.example.com", ("/", WEB)))
+    safe = _user(tmp_path, "{% for h in hosts %}{{ h.name }}{% endfor %} {{ target.output.name }}")
+    for _ in range(2):
+        assert render(load_template(safe), routing, safe) == "web.example.com lbsync.conf\n"
+    for source in (
+        "{{ target.output.unlink() }}",
+        "{% for h in hosts %}{{ h.__class__ }}{% endfor %}",
+        "{{ '{0.__class__}'.format(target) }}",
+        "{% for h in hosts %}{{ h.routes | attr('__len__') }}{% endfor %}",
+    ):
+        tgt = _user(tmp_path, source, "escape.j2")
+        with pytest.raises(TemplateError, match="refused by the sandbox"):
+            render(load_template(tgt), routing, tgt)
+
+    names = {f"n{i}": i for i in range(1000)}
+    many = target(template=str(tmp_path / "many.j2"), vars={"names": names})
+    (tmp_path / "many.j2").write_text(
+        "{% set ns = namespace(**vars.names) %}{% set t = namespace(sum=0) %}"
+        "{% for n in vars.names %}{% set t.sum = t.sum + (ns | attr(n)) %}{% endfor %}{{ t.sum }}"
+    )
+    assert render(load_template(many), routing, many) == f"{sum(range(1000))}\n"
+    assert max(map(len, lbsync.render._SAFE_ATTRIBUTES.values())) <= 256
+
+
 def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     tgt = _user(tmp_path, "one\ntwo\n{% for h in hosts %}\n{{ h.name }}\n")
     with pytest.raises(TemplateError, match=r"user\.j2, line \d+: .*endfor") as info:
