@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, compress
 from operator import attrgetter, is_not
@@ -48,7 +49,19 @@ from lbsync.labels import parse_services
 from lbsync.logs import current_pass, current_target, setup_logging
 from lbsync.metrics import Metrics
 from lbsync.model import Container, RoutingModel, Upstream
-from lbsync.proxy import CheckFailed, ReloadFailed, check, reload
+from lbsync.proxy import (
+    GRACE,
+    CheckDecision,
+    LeftOut,
+    LeftOutReason,
+    ReloadFailed,
+    check,
+    one_line,
+    reload,
+    reload_container,
+    reloads_containers,
+    settle,
+)
 from lbsync.registry import Registry
 from lbsync.render import (
     CompiledTemplate,
@@ -157,6 +170,8 @@ class TargetState:
     slots: RuntimeSlots | None = None  # haproxy-runtime: the slots the running HAProxy has
     reloaded_with: TargetConfig | None = None  # the settings the proxy last reloaded with
     warned_skips: set[str] = field(default_factory=set)
+    # Proxy containers reported and not reloaded (SPEC §1), by container id.
+    left_out: dict[str, LeftOut] = field(default_factory=dict)
     # A pass costs what changed: the model is patched, unchanged blocks are not re-rendered,
     # and an unchanged model with the same template and settings is not rendered at all.
     builder: ModelBuilder = field(default_factory=ModelBuilder)
@@ -280,6 +295,9 @@ class Daemon:
         if state.waiting_for_proxy:
             log.info("target %s: proxy %s found", target.name, ", ".join(p.name for p in proxies))
         state.waiting_for_proxy = False
+        if state.left_out:  # a container that is gone (or no longer a proxy) is not reported
+            current_ids = {p.id for p in proxies}
+            state.left_out = {k: v for k, v in state.left_out.items() if k in current_ids}
 
         proxy_networks = frozenset(n.name for n in proxies[0].networks) if proxies else frozenset()
         model = state.builder.build(
@@ -353,15 +371,21 @@ class Daemon:
             self._record_change(state, model, started, "updated through the runtime API")
             state.slots = slots
             return True
-        if changed and not await self._write_and_check(state, data, proxies):
+        if changed:
+            chosen = await self._write_and_check(state, data, proxies)
+        else:
+            chosen = await self._choose_for_reload(state, data, proxies)
+        if chosen is None:
             return False
-        ok = await self._reload(state, proxies, event_times)
-        if ok:
-            how = "reloaded " + (", ".join(p.name for p in proxies) or target.reload)
-            self._record_change(state, model, started, how)
-            state.slots = slots
-            state.reloaded_with = target
-        return ok
+        reloaded = await self._reload(state, chosen, event_times)
+        if reloaded is None:
+            return False
+        self._record_change(
+            state, model, started, "reloaded " + (", ".join(reloaded) or target.reload)
+        )
+        state.slots = slots
+        state.reloaded_with = target
+        return True
 
     def _record_change(
         self, state: TargetState, model: RoutingModel, started: float, how: str
@@ -421,17 +445,57 @@ class Daemon:
 
     async def _write_and_check(
         self, state: TargetState, data: bytes, proxies: list[Container]
-    ) -> bool:
-        target = state.config
+    ) -> list[Container] | None:
+        """Write the new file and check it: the proxies to reload, or None when the file was
+        refused (or could not be checked anywhere) and the last good one is back."""
         previous = state.on_disk
         if not await self._write(state, data):
-            return False
-        try:
-            await check(self.client, target, proxies)
-        except CheckFailed as exc:
+            return None
+        decision = await check(self.client, state.config, proxies)
+        self._report_left_out(state, proxies, decision.left_out, stays=_is_reload_failure)
+        if not decision.keep:
+            await self._refused(state, decision, data, written=True, previous=previous)
+            return None
+        state.on_disk = data
+        state.rejected = None
+        state.reload_pending = True
+        return [p for p in proxies if p.name in decision.reload]
+
+    async def _choose_for_reload(
+        self, state: TargetState, data: bytes, proxies: list[Container]
+    ) -> list[Container] | None:
+        """The proxies to reload with the file on disk (unchanged: the first pass, or a reload
+        still due). With several proxy containers the check says which: one where it cannot
+        run (not a proxy at all, say) would never confirm a reload, and must not be sent one."""
+        target = state.config
+        if len(proxies) < 2 or target.check != "exec" or not reloads_containers(target):
+            return proxies
+        decision = await check(self.client, target, proxies)
+        self._report_left_out(state, proxies, decision.left_out, stays=_is_reload_failure)
+        if not decision.keep:
+            await self._refused(state, decision, data, written=False)
+            return None
+        return [p for p in proxies if p.name in decision.reload]
+
+    async def _refused(
+        self,
+        state: TargetState,
+        decision: CheckDecision,
+        data: bytes,
+        *,
+        written: bool,
+        previous: bytes | None = None,
+    ) -> None:
+        """No reload: the check refused `data` everywhere it ran, or ran nowhere. When it was
+        `written`, the last good file (`previous`; None: none existed) goes back."""
+        target = state.config
+        if decision.ran:
             self.metrics.check_failures.labels(target.name).inc()
-            state.rejected = data
-            state.last_error = f"check failed: {exc}"
+            state.rejected = data  # not tried again until something changes
+            state.last_error = f"check failed: {decision.refusal}"
+        else:
+            state.last_error = decision.refusal
+        if written:
             try:
                 await asyncio.to_thread(restore, target.output, previous)
             except WriteError as restore_exc:
@@ -439,22 +503,62 @@ class Daemon:
                     "target %s: cannot put the last good file back: %s", target.name, restore_exc
                 )
                 state.known = False
+        done = (
+            "the last good file is back and the proxy was not reloaded"
+            if written
+            else "the proxy was not reloaded"
+        )
+        if decision.ran:
+            what = "the new config" if written else "the file on disk"
             log.error(
-                "target %s: the proxy's check refused the new config; the last good file "
-                "is back and the proxy was not reloaded:\n%s",
+                "target %s: the proxy's check refused %s; %s:\n%s",
                 target.name,
-                exc,
+                what,
+                done,
+                decision.refusal,
             )
-            return False
-        state.on_disk = data
-        state.rejected = None
-        state.reload_pending = True
-        return True
+            return
+        # Nothing judged the file (an engine hiccup, a proxy restarting): try again later.
+        log.error(
+            "target %s: %s; %s (retrying in %.0f s)",
+            target.name,
+            decision.refusal,
+            done,
+            state.retry_delay,
+        )
+        self._retry_later(state)
 
-    async def _reload(
-        self, state: TargetState, proxies: list[Container], event_times: list[int]
-    ) -> bool:
+    def _report_left_out(
+        self,
+        state: TargetState,
+        proxies: Sequence[Container],
+        entries: Sequence[LeftOut],
+        stays: Callable[[LeftOut], bool],
+    ) -> None:
+        """Record the proxy containers left out of a reload: each is counted every time and
+        logged once per container and reason (a rogue container is there on every pass).
+        Of those recorded before, the ones `stays` picks remain."""
         target = state.config
+        ids = {p.name: p.id for p in proxies}
+        current = {cid: entry for cid, entry in state.left_out.items() if stays(entry)}
+        for entry in entries:
+            cid = ids.get(entry.container, entry.container)
+            self.metrics.proxies_left_out.labels(target.name, entry.reason).inc()
+            before = state.left_out.get(cid)
+            level = logging.DEBUG if before and before.reason == entry.reason else logging.WARNING
+            log.log(
+                level,
+                "target %s: proxy container %s is not reloaded: %s: %s",
+                target.name,
+                entry.container,
+                LEFT_OUT_WHY[entry.reason],
+                entry.message,
+            )
+            current[cid] = entry
+        state.left_out = current
+
+    async def _retrying(self, action: Callable[[], Awaitable[None]]) -> ReloadFailed | None:
+        """`action` with retries and backoff; the last failure, or None once it worked."""
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(RELOAD_ATTEMPTS),
             wait=tenacity.wait_exponential(multiplier=0.2, max=2.0) + tenacity.wait_random(0, 0.1),
@@ -464,22 +568,73 @@ class Daemon:
         try:
             async for attempt in retrying:
                 with attempt:
-                    await reload(self.client, target, proxies)
+                    await action()
         except ReloadFailed as exc:
-            self.metrics.reloads.labels(target.name, "error").inc()
+            return exc
+        return None
+
+    async def _reload(
+        self, state: TargetState, proxies: list[Container], event_times: list[int]
+    ) -> list[str] | None:
+        """Reload the proxy: each container on its own (all at once), or the whole target.
+
+        The names of the containers reloaded ([] for a target-wide reload), or None when no
+        reload worked (retried later). When some containers reloaded, the file is live: the
+        others are reported, and get the next reload with everyone else.
+        """
+        target = state.config
+        reloaded: list[str] = []
+        failures: list[tuple[str, ReloadFailed]] = []
+        if reloads_containers(target):
+            outcomes = await settle(
+                [
+                    self._retrying(functools.partial(reload_container, self.client, target, p))
+                    for p in proxies
+                ],
+                worked=lambda failure: failure is None,
+                late=lambda i, why: ReloadFailed(f"the reload of {proxies[i].name} was {why}"),
+                grace=GRACE,
+            )
+            for proxy, failure in zip(proxies, outcomes, strict=True):
+                if failure is None:
+                    reloaded.append(proxy.name)
+                else:
+                    failures.append((proxy.name, failure))
+        else:
+            failure = await self._retrying(functools.partial(reload, self.client, target))
+            if failure is not None:
+                failures.append((target.reload, failure))
+        # One count per container reloaded (or per target-wide reload), by result.
+        worked = len(reloaded) if reloads_containers(target) else int(not failures)
+        if worked:
+            self.metrics.reloads.labels(target.name, "ok").inc(worked)
+        if failures:
+            self.metrics.reloads.labels(target.name, "error").inc(len(failures))
+        if failures and not reloaded:
+            message = "; ".join(str(exc) for _, exc in failures)
             state.reload_pending = True
             state.last_reload_result = "error"
-            state.last_error = f"reload failed: {exc}"
+            state.last_error = f"reload failed: {message}"
             log.error(
                 "target %s: reload failed (retrying in %.0f s): %s",
                 target.name,
                 state.retry_delay,
-                exc,
+                message,
             )
             self._retry_later(state)
-            return False
+            return None
+        if reloaded:
+            done = set(reloaded)
+            self._report_left_out(
+                state,
+                proxies,
+                [
+                    LeftOut(name, LeftOutReason.RELOAD_FAILED, one_line(str(exc)))
+                    for name, exc in failures
+                ],
+                stays=lambda entry: not (_is_reload_failure(entry) and entry.container in done),
+            )
         now = time.time()
-        self.metrics.reloads.labels(target.name, "ok").inc()
         self._observe_latency(target.name, event_times)
         state.reloaded = True
         state.reload_pending = False
@@ -487,7 +642,7 @@ class Daemon:
         state.last_reload_result = "ok"
         state.last_error = None
         state.retry_delay = RETRY_PASS_MIN
-        return True
+        return reloaded
 
     def _retry_later(self, state: TargetState) -> None:
         delay = state.retry_delay
@@ -718,6 +873,17 @@ def _describe_proxy(target: TargetConfig) -> str:
 
 
 T = TypeVar("T")
+
+#: Why a proxy container is not reloaded, for its log line.
+LEFT_OUT_WHY = {
+    LeftOutReason.UNRUNNABLE: "the check could not run in it",
+    LeftOutReason.DISAGREED: "it refused the config another proxy container accepted",
+    LeftOutReason.RELOAD_FAILED: "its reload failed while other proxy containers reloaded",
+}
+
+
+def _is_reload_failure(entry: LeftOut) -> bool:
+    return entry.reason is LeftOutReason.RELOAD_FAILED
 
 
 def _differing(before: tuple[T, ...], after: tuple[T, ...]) -> tuple[list[T], list[T]]:

@@ -22,7 +22,10 @@ class Metrics:
             "lbsync_writes", "Output files written, by result", ["target", "result"], registry=r
         )
         self.reloads = Counter(
-            "lbsync_reloads", "Proxy reloads, by result", ["target", "result"], registry=r
+            "lbsync_reloads",
+            "Proxy reloads (one per proxy container), by result",
+            ["target", "result"],
+            registry=r,
         )
         self.runtime_updates = Counter(
             "lbsync_runtime_updates",
@@ -32,6 +35,14 @@ class Metrics:
         )
         self.check_failures = Counter(
             "lbsync_check_failures", "Configs refused by the proxy's check", ["target"], registry=r
+        )
+        self.proxies_left_out = Counter(
+            "lbsync_proxies_left_out",
+            "Proxy containers not reloaded, by reason: the check could not run in them "
+            "(unrunnable), they refused what another accepted (disagreed), or their reload "
+            "failed while others worked (reload_failed)",
+            ["target", "reason"],
+            registry=r,
         )
         self.engine_connected = Gauge(
             "lbsync_engine_connected", "1 while connected to the engine", registry=r

@@ -2,32 +2,35 @@
 
 Finding the proxy is pure and lives in `lbsync.selection`. Checking and reloading are I/O: exec or
 signals through the Docker API, a signal to a pid from a pid file (a shared PID namespace),
-or a local command.
+or a local command. Which proxy containers' checks count, and which are reloaded, when several
+match the target is the pure `decide` (SPEC §1: anyone who can start a container can label it
+as a proxy, so no single one may veto a file or stall the reloads of the others).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import os
 import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lbsync.config import TargetConfig
 from lbsync.docker_api import DockerClient, DockerError
 from lbsync.haproxy import HAProxySocketError, master_reload
 from lbsync.model import Container
+from lbsync.selection import signals_container
 
 CHECK_TIMEOUT = 60.0
 RELOAD_CONFIRM_TIMEOUT = 5.0
 CONFIRM_POLL_INTERVAL = 0.05
 
-
-class CheckFailed(Exception):
-    """The proxy's checker refused the new config; the message is the checker's output."""
+T = TypeVar("T")
 
 
 class ReloadFailed(Exception):
@@ -78,22 +81,196 @@ def _run_local(
     return process.returncode or 0, output.decode("utf-8", "replace").strip()
 
 
-async def check(client: DockerClient, target: TargetConfig, proxies: Sequence[Container]) -> None:
-    """Run the target's checker; raise CheckFailed with its output when it refuses."""
+class CheckOutcome(enum.StrEnum):
+    OK = "ok"  # the checker accepted the file
+    REFUSED = "refused"  # the checker ran and refused it
+    UNRUNNABLE = "unrunnable"  # no checker ran: exec error, exit 126/127, timeout
+
+
+class LeftOutReason(enum.StrEnum):
+    UNRUNNABLE = "unrunnable"  # the check could not run in it
+    DISAGREED = "disagreed"  # it refused what another container accepted
+    RELOAD_FAILED = "reload_failed"  # its reload failed while another one's worked
+
+
+#: Exit codes of a shell or runtime that found no command to run (126: not executable,
+#: 127: not found): the checker never ran, so they say nothing about the config.
+NOT_RUN_EXIT_CODES = frozenset({126, 127})
+#: Once the check passed (or a reload was confirmed) in one container, how long the others
+#: still get: a container whose checker hangs must not hold every pass for CHECK_TIMEOUT.
+GRACE = 5.0
+MESSAGE_MAX = 300
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """The check in one proxy container."""
+
+    container: str
+    outcome: CheckOutcome
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeftOut:
+    """A proxy container that is reported and not reloaded."""
+
+    container: str
+    reason: LeftOutReason
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckDecision:
+    """What the check results mean for the new file (SPEC §1)."""
+
+    keep: bool  # the new file stays
+    ran: bool  # the check ran somewhere (False: nothing said anything about the file)
+    reload: tuple[str, ...]  # the containers to reload (empty unless `keep`)
+    left_out: tuple[LeftOut, ...]  # reported, not reloaded
+    refusal: str = ""  # when not `keep`: what refused it, or why it could not run
+
+    @classmethod
+    def passed(cls, containers: Sequence[str]) -> CheckDecision:
+        return cls(keep=True, ran=True, reload=tuple(containers), left_out=())
+
+
+def decide(results: Sequence[CheckResult]) -> CheckDecision:
+    """Which result counts when several containers ran the check (SPEC §1).
+
+    Labels can be set by whoever starts a container, so one container cannot veto the file:
+    it stays when the check passed in at least one container, and is refused only when every
+    container that ran the check refused it. Containers where the check could not run, or
+    that refused what another accepted, are left out of the reload and reported.
+    """
+    accepted = [r for r in results if r.outcome is CheckOutcome.OK]
+    refused = [r for r in results if r.outcome is CheckOutcome.REFUSED]
+    unrunnable = tuple(
+        LeftOut(r.container, LeftOutReason.UNRUNNABLE, one_line(r.message))
+        for r in results
+        if r.outcome is CheckOutcome.UNRUNNABLE
+    )
+    if accepted:
+        disagreed = tuple(
+            LeftOut(r.container, LeftOutReason.DISAGREED, one_line(r.message)) for r in refused
+        )
+        return CheckDecision(
+            keep=True,
+            ran=True,
+            reload=tuple(r.container for r in accepted),
+            left_out=unrunnable + disagreed,
+        )
+    if refused:
+        if len(refused) == 1 and len(results) == 1:
+            refusal = refused[0].message
+        else:
+            refusal = "\n".join(f"{r.container}: {r.message}" for r in refused)
+        return CheckDecision(keep=False, ran=True, reload=(), left_out=unrunnable, refusal=refusal)
+    reasons = "; ".join(f"{r.container}: {r.message}" for r in results)
+    return CheckDecision(
+        keep=False,
+        ran=False,
+        reload=(),
+        left_out=unrunnable,
+        refusal=f"the check could not run in any proxy container ({reasons or 'none'})",
+    )
+
+
+def one_line(text: str, limit: int = MESSAGE_MAX) -> str:
+    """A message for one log line or a /status field: the last non-empty line (where a
+    checker puts its verdict), control characters escaped, cut to `limit` characters."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in last)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+async def check_in(client: DockerClient, target: TargetConfig, proxy: Container) -> CheckResult:
+    """Run the target's checker in one proxy container."""
+    try:
+        result = await client.exec(proxy.id, target.check_command, timeout=CHECK_TIMEOUT)
+    except DockerError as exc:
+        return CheckResult(
+            proxy.name, CheckOutcome.UNRUNNABLE, one_line(f"cannot run the check: {exc}")
+        )
+    if result.exit_code == 0:
+        return CheckResult(proxy.name, CheckOutcome.OK, result.output)
+    if result.exit_code in NOT_RUN_EXIT_CODES:
+        output = one_line(result.output) or f"{target.check_command[0]} not run"
+        message = f"the check exited {result.exit_code}: {output}"
+        return CheckResult(proxy.name, CheckOutcome.UNRUNNABLE, message)
+    message = result.output or f"check exited {result.exit_code} in {proxy.name}"
+    return CheckResult(proxy.name, CheckOutcome.REFUSED, message)
+
+
+async def settle(
+    jobs: Sequence[Awaitable[T]],
+    worked: Callable[[T], bool],
+    late: Callable[[int, str], T],
+    grace: float,
+) -> list[T]:
+    """Await `jobs` at once, each result in its place. Once one has `worked`, the others get
+    `grace` seconds more: one still running then is cancelled, and `late(index, why)` stands
+    in for its result. A container that hangs must not hold every pass for its timeout."""
+    loop = asyncio.get_running_loop()
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    index = {task: i for i, task in enumerate(tasks)}
+    results: dict[int, T] = {}
+    deadline: float | None = None
+    pending = set(tasks)
+    try:
+        while pending:
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            done, pending = await asyncio.wait(
+                pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                break
+            for task in done:
+                result = results[index[task]] = task.result()
+                if deadline is None and worked(result):
+                    deadline = loop.time() + grace
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+    why = f"still running {grace:g} s after it worked in another proxy container"
+    return [results[i] if i in results else late(i, why) for i in range(len(tasks))]
+
+
+async def check_all(
+    client: DockerClient,
+    target: TargetConfig,
+    proxies: Sequence[Container],
+    grace: float = GRACE,
+) -> list[CheckResult]:
+    """The check in every proxy container at once; one still running `grace` seconds after
+    it passed in another counts as unrunnable (a timeout)."""
+    return await settle(
+        [check_in(client, target, p) for p in proxies],
+        worked=lambda result: result.outcome is CheckOutcome.OK,
+        late=lambda i, why: CheckResult(
+            proxies[i].name, CheckOutcome.UNRUNNABLE, f"the check was {why}"
+        ),
+        grace=grace,
+    )
+
+
+async def check(
+    client: DockerClient, target: TargetConfig, proxies: Sequence[Container]
+) -> CheckDecision:
+    """Run the target's checker (in every proxy container for `exec`) and decide."""
+    names = [p.name for p in proxies]
     if target.check == "none":
-        return
+        return CheckDecision.passed(names)
     if target.check == "command":
         code, output = await run_local(target.check_command, CHECK_TIMEOUT)
         if code != 0:
-            raise CheckFailed(output or f"{' '.join(target.check_command)} exited {code}")
-        return
-    for proxy in proxies:
-        try:
-            result = await client.exec(proxy.id, target.check_command, timeout=CHECK_TIMEOUT)
-        except DockerError as exc:
-            raise CheckFailed(f"cannot run the check in {proxy.name}: {exc}") from exc
-        if result.exit_code != 0:
-            raise CheckFailed(result.output or f"check exited {result.exit_code} in {proxy.name}")
+            refusal = output or f"{' '.join(target.check_command)} exited {code}"
+            return CheckDecision(keep=False, ran=True, reload=(), left_out=(), refusal=refusal)
+        return CheckDecision.passed(names)
+    return decide(await check_all(client, target, proxies))
 
 
 # --- reloads ------------------------------------------------------------------------------
@@ -216,8 +393,15 @@ async def _wait_for_new(
         await asyncio.sleep(CONFIRM_POLL_INTERVAL)
 
 
-async def reload(client: DockerClient, target: TargetConfig, proxies: Sequence[Container]) -> None:
-    """Tell the proxy to load the new config and confirm it did (new worker processes)."""
+def reloads_containers(target: TargetConfig) -> bool:
+    """Is the reload sent to each proxy container on its own (a signal or an exec through
+    the Docker API)? Else `reload` reloads the whole target at once."""
+    return target.proxy.pid_file is None and signals_container(target)
+
+
+async def reload(client: DockerClient, target: TargetConfig) -> None:
+    """Reload a target that `reloads_containers` does not (a command, HAProxy's master
+    socket, a pid file) and confirm it."""
     mode = target.reload
     if mode == "none":
         return
@@ -238,8 +422,7 @@ async def reload(client: DockerClient, target: TargetConfig, proxies: Sequence[C
     if target.proxy.pid_file is not None:
         await _reload_pid(target.proxy.pid_file, target.signal)
         return
-    for proxy in proxies:
-        await _reload_container(client, target, proxy)
+    raise ReloadFailed(f"reload {mode} goes to each proxy container: use reload_container")
 
 
 async def _reload_pid(pid_file: Path, signal_name: str) -> None:
@@ -256,7 +439,8 @@ async def _reload_pid(pid_file: Path, signal_name: str) -> None:
     await _wait_for_new(observe, before, f"pid {pid} ({pid_file})")
 
 
-async def _reload_container(client: DockerClient, target: TargetConfig, proxy: Container) -> None:
+async def reload_container(client: DockerClient, target: TargetConfig, proxy: Container) -> None:
+    """Reload one proxy container (a signal or an exec) and confirm it."""
     try:
         before = await _container_pids(client, proxy.id)
         if target.reload != "exec":

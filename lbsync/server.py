@@ -101,6 +101,18 @@ def status_document(daemon: Daemon) -> dict[str, Any]:
                     }
                     for skip in (model.skips if model else ())
                 ],
+                # Proxy containers matched by the target's `proxy` but not reloaded (SPEC §1).
+                "proxies_left_out": [
+                    {
+                        "container": entry.container,
+                        "container_id": container_id,
+                        "reason": str(entry.reason),
+                        "detail": entry.message,
+                    }
+                    for container_id, entry in sorted(
+                        state.left_out.items(), key=lambda item: item[1].container
+                    )
+                ],
             }
         )
     watcher = daemon.watcher

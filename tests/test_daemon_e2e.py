@@ -282,6 +282,92 @@ def test_proxy_missing_then_replaced(lab: Lab, tmp_path: Path) -> None:
         h.poll(lambda: h.healthz()[0] == 200, 10, "/healthz 200 with the new nginx")
 
 
+def test_rogue_proxy_container_blocks_nothing(lab: Lab, tmp_path: Path) -> None:
+    """Anyone can label a container as the proxy. One with no nginx, whose name sorts first,
+    is reported and never reloaded; nginx keeps getting every change (SPEC §1)."""
+    with LbsyncHarness(lab, tmp_path) as h:
+        rogue_name = f"aaa-{h.run_id}-rogue"
+        rogue = lab.run_backend(
+            free_port(), name=rogue_name, labels={"lbsync.proxy": h.target_name}
+        )
+        h.started.append(rogue)
+
+        web = h.backend("web", host="rogue.test")
+        started = time.monotonic()
+        h.wait_until_routes("rogue.test", {web.name}, timeout=10)
+        routed_after = time.monotonic() - started
+        other = h.backend("other", host="rogue.test")
+        h.wait_until_routes("rogue.test", {web.name, other.name}, timeout=10)
+        lab.stop(web.id)
+        h.wait_until_routes("rogue.test", {other.name}, timeout=10)
+        assert server_line(web.port) not in h.output_text()
+        lab.stop(other.id)
+        h.wait_until_status("rogue.test", 503, timeout=10)
+        assert routed_after < 10, routed_after
+
+        # Reported: /status, one warning naming it, a metric; /healthz stays 200.
+        code, body = h.healthz()
+        assert code == 200, body
+        left_out = h.status()["targets"][0]["proxies_left_out"]
+        assert [(e["container"], e["container_id"], e["reason"]) for e in left_out] == [
+            (rogue_name, rogue, "unrunnable")
+        ], left_out
+        assert set(left_out[0]) == {"container", "container_id", "reason", "detail"}
+        assert "not found" in left_out[0]["detail"], left_out
+        warnings = [
+            line for line in h.log_text().splitlines() if " WARNING " in line and rogue_name in line
+        ]
+        assert len(warnings) == 1, warnings
+        assert "the check could not run in it" in warnings[0]
+        unrunnable = h.metric(
+            "lbsync_proxies_left_out_total", target=h.target_name, reason="unrunnable"
+        )
+        assert unrunnable >= 4  # each of the four changes checked it
+        assert "SIGHUP" not in lab.logs(rogue), "the rogue container was sent a reload"
+
+        # lbsync restarted beside it: the first pass (the same bytes) reloads nginx alone.
+        h.stop()
+        h.start()
+        target = h.status()["targets"][0]
+        assert [(e["container"], e["reason"]) for e in target["proxies_left_out"]] == [
+            (rogue_name, "unrunnable")
+        ], target
+        assert "SIGHUP" not in lab.logs(rogue), "the rogue container was sent a reload"
+        back = h.backend("back", host="rogue.test")
+        h.wait_until_routes("rogue.test", {back.name}, timeout=10)
+
+
+def test_a_proxy_container_that_never_reloads_holds_back_no_other(lab: Lab, tmp_path: Path) -> None:
+    """A labelled container whose `nginx -t` passes but which never reloads: nginx is
+    reloaded on its own all the same, the pass counts as done, and the other is reported."""
+    with LbsyncHarness(lab, tmp_path) as h:
+        liar_name = f"aaa-{h.run_id}-liar"
+        liar = lab.run_backend(free_port(), name=liar_name, labels={"lbsync.proxy": h.target_name})
+        h.started.append(liar)
+        lab.exec(
+            liar, "sh", "-c", "printf '#!/bin/sh\\nexit 0\\n' > /bin/nginx; chmod +x /bin/nginx"
+        )
+
+        web = h.backend("web", host="liar.test")
+        h.wait_until_routes("liar.test", {web.name}, timeout=10)
+
+        def reported() -> bool:
+            left_out = h.status()["targets"][0]["proxies_left_out"]
+            return [(e["container"], e["reason"]) for e in left_out] == [
+                (liar_name, "reload_failed")
+            ]
+
+        h.poll(reported, 20, f"/status reports {liar_name} as reload_failed")
+        code, body = h.healthz()
+        assert code == 200, body
+        assert h.status()["targets"][0]["last_reload_result"] == "ok"
+        assert h.metric("lbsync_reloads_total", target=h.target_name, result="error") >= 1
+        assert "SIGHUP ignored" in lab.logs(liar)  # it was sent the reload, and ignored it
+
+        lab.stop(web.id)
+        h.wait_until_status("liar.test", 503, timeout=15)
+
+
 # ---------------------------------------------------------------------------- lifecycle
 
 

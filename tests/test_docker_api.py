@@ -19,6 +19,8 @@ from lbsync.docker_api import (
     DockerError,
     EngineUnreachable,
     Event,
+    ExecResult,
+    FrameReader,
     LineSplitter,
     NotFound,
     OversizedLine,
@@ -314,6 +316,52 @@ def test_demultiplex_splits_stdout_and_stderr() -> None:
 def test_demultiplex_rejects_a_truncated_frame() -> None:
     with pytest.raises(DockerError, match="inside a frame"):
         demultiplex(_frame(1, b"ok") + b"\x01\x00\x00")
+
+
+def _fed(data: bytes, chunk: int, limit: int | None) -> FrameReader:
+    reader = FrameReader(limit)
+    for start in range(0, len(data), chunk):
+        reader.feed(data[start : start + chunk])
+    return reader
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 9, 1000])
+def test_frame_reader_takes_frames_split_anywhere(chunk: int) -> None:
+    data = _frame(1, b"out1 ") + _frame(2, b"err") + _frame(1, b"") + _frame(1, b"out2")
+    reader = _fed(data, chunk, None)
+    assert reader.finish() == (b"out1 out2", b"err")
+    assert reader.dropped == 0
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 100_000])
+def test_frame_reader_keeps_the_tail_of_each_stream(chunk: int) -> None:
+    # A container printing without end: only the last `limit` bytes of each stream stay.
+    noise = b"".join(b"warn %05d\n" % i for i in range(2000))  # 22,000 bytes
+    data = _frame(1, noise) + _frame(2, noise[:500]) + _frame(1, b"VERDICT\n")
+    reader = _fed(data, chunk, 64)
+    stdout, stderr = reader.finish()
+    assert stdout == (noise + b"VERDICT\n")[-64:]
+    assert stderr == noise[:500][-64:]
+    assert reader.dropped == len(noise) + 8 - 64 + 500 - 64
+    assert len(reader.stdout) <= 64 and len(reader.stderr) <= 64
+
+
+def test_frame_reader_never_buffers_a_huge_announced_frame() -> None:
+    # A header announcing 4 GiB: what arrives is cut as it comes, and the end is an error.
+    reader = FrameReader(16)
+    reader.feed(struct.pack(">BxxxL", 1, 2**32 - 1))
+    for _ in range(100):
+        reader.feed(b"x" * 10_000)
+    assert len(reader.stdout) == 16
+    assert reader.dropped == 1_000_000 - 16
+    with pytest.raises(DockerError, match="inside a frame"):
+        reader.finish()
+
+
+def test_exec_result_output_says_what_was_left_out() -> None:
+    result = ExecResult(exit_code=1, stdout=b"", stderr=b"test failed\n", dropped=5000)
+    assert result.output == "[5000 bytes of earlier output left out]\ntest failed"
+    assert ExecResult(exit_code=0, stdout=b" ok \n", stderr=b"").output == "ok"
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ import pytest
 
 from lbsync.containers import container_from_inspect, listing_agrees
 from lbsync.docker_api import (
+    EXEC_OUTPUT_LIMIT,
     MAX_API_VERSION,
     MAX_EVENT_LINE,
     Conflict,
@@ -476,6 +477,20 @@ async def test_exec_exit_code_and_separate_streams(lab: Lab, engine: DockerClien
     assert big.exit_code == 0
     assert big.stdout.count(b"\n") == 5000
     assert big.stdout.endswith(b"line4999\n")
+
+
+async def test_exec_output_is_bounded_to_its_tail(lab: Lab, engine: DockerClient) -> None:
+    cid = lab.run_backend(free_port())
+    # 2.2 MB of noise on stderr, then the verdict: a container printing without end costs
+    # lbsync EXEC_OUTPUT_LIMIT bytes, and the verdict is what is kept.
+    result = await engine.exec(
+        cid, ["sh", "-c", "yes noise-line | head -n 200000 >&2; echo verdict >&2; exit 1"]
+    )
+    assert result.exit_code == 1
+    assert len(result.stderr) == EXEC_OUTPUT_LIMIT
+    assert result.stderr.endswith(b"noise-line\nverdict\n")
+    assert result.dropped == 200_000 * len(b"noise-line\n") + len(b"verdict\n") - EXEC_OUTPUT_LIMIT
+    assert result.output.startswith(f"[{result.dropped} bytes of earlier output left out]")
 
 
 async def test_exec_nginx_config_test(lab: Lab, engine: DockerClient, tmp_path: Path) -> None:

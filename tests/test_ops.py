@@ -43,6 +43,7 @@ METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "lbsync_reloads_total": ("counter", frozenset({"target", "result"})),
     "lbsync_runtime_updates_total": ("counter", frozenset({"target", "result"})),
     "lbsync_check_failures_total": ("counter", frozenset({"target"})),
+    "lbsync_proxies_left_out_total": ("counter", frozenset({"target", "reason"})),
     "lbsync_engine_connected": ("gauge", frozenset()),
     "lbsync_engine_reconnects_total": ("counter", frozenset()),
     "lbsync_event_reader_failures_total": ("counter", frozenset()),
@@ -63,7 +64,7 @@ STATUS_FIELDS = {
     "config": {"source", "error"},
     "target": {"name", "output", "template", "reload", "waiting_for_proxy", "last_pass",
                "last_reload", "last_reload_result", "last_error", "hosts", "upstreams",
-               "skipped"},
+               "skipped", "proxies_left_out"},
     "host": {"name", "routes"},
     "route": {"path", "upstream"},
     "upstream": {"name", "balance", "servers"},
@@ -255,10 +256,15 @@ def test_metrics_are_the_documented_ones_and_move(
             if samples:
                 assert got_labels == labels, f"{metric} has labels {sorted(got_labels)}"
         # Every labelled family has shown its labels by now, except the HAProxy Runtime API
-        # counter (an nginx target never uses it) and the events counter, which
-        # test_events_are_counted_by_type_and_action covers on its own.
+        # counter (an nginx target never uses it), the events counter, which
+        # test_events_are_counted_by_type_and_action covers on its own, and the proxy
+        # containers left out (one nginx here; test_daemon_e2e's rogue proxy tests move it).
         silent = {m for m, (_, _, n) in exposed.items() if n == 0}
-        expected_silent = {"lbsync_runtime_updates_total", "lbsync_events_total"}
+        expected_silent = {
+            "lbsync_runtime_updates_total",
+            "lbsync_events_total",
+            "lbsync_proxies_left_out_total",
+        }
         assert silent <= expected_silent, f"no samples for {sorted(silent)}"
 
 
@@ -319,6 +325,8 @@ def test_status_document_fields_and_values(
                 assert set(server) == STATUS_FIELDS["server"]
         for skipped in target["skipped"]:
             assert set(skipped) == STATUS_FIELDS["skipped"]
+        # One proxy container, and it is nginx (test_daemon_e2e pins the entries' fields).
+        assert target["proxies_left_out"] == []
         assert doc["recent_changes"]
         for change in doc["recent_changes"]:
             assert set(change) == STATUS_FIELDS["recent_change"]

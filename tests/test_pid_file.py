@@ -45,7 +45,7 @@ def pid_target(pid_file: Path, signal_name: str = "HUP") -> TargetConfig:
 def reload_by_pid_file(pid_file: Path, signal_name: str = "HUP") -> None:
     """What a pass does to reload a `pid_file` proxy (no Docker call is made)."""
     client = DockerClient(resolve_endpoint(f"unix://{pid_file.parent / 'no-engine.sock'}", {}))
-    asyncio.run(reload(client, pid_target(pid_file, signal_name), []))
+    asyncio.run(reload(client, pid_target(pid_file, signal_name)))
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from lbsync.config import load_config
 from lbsync.daemon import Daemon
 from lbsync.docker_api import DockerClient, resolve_endpoint
 from lbsync.model import ContainerRef, Host, Route, RoutingModel, Server, Skip, Upstream
+from lbsync.proxy import LeftOut, LeftOutReason
 from lbsync.server import make_app
 from lbsync.statuspage import STATIC_DIR, WEB_DIR
 from tests.conftest import IN_CI
@@ -95,6 +96,11 @@ def _daemon(tmp_path: Path) -> Daemon:
             ),
         ),
     )
+    daemon.targets[0].left_out = {
+        "d" * 64: LeftOut(
+            "aaa-rogue", LeftOutReason.UNRUNNABLE, 'exec: "nginx": not found <b>hostile</b>'
+        )
+    }
     daemon.targets[0].last_reload_result = "ok"
     daemon.targets[0].last_reload_at = daemon.started_at
     return daemon
@@ -132,7 +138,15 @@ async def test_page_is_rendered_on_the_server_with_everything_escaped(
     assert "Needs attention" in html
     assert "engine disconnected since" in html
 
+    # A container labelled as the proxy that is not reloaded, and why.
+    assert "Proxy containers not reloaded" in html
+    assert "aaa-rogue" in html
+    assert "unrunnable" in html
+    assert "d" * 12 in html
+
     # Untrusted values are text, never markup.
+    assert "<b>hostile</b>" not in html
+    assert "&lt;b&gt;hostile&lt;/b&gt;" in html
     assert "<img" not in html
     assert "<b>1</b>" not in html
     assert "bad-&lt;b&gt;1&lt;/b&gt;" in html

@@ -219,6 +219,27 @@
       })));
   }
 
+  function leftOutTable(leftOut) {
+    if (!leftOut || !leftOut.length) return null;
+    return [
+      h("h3", null, "Proxy containers not reloaded ",
+        h("span", { "class": "count" }, String(leftOut.length))),
+      h("table", { "class": "left-out" },
+        h("thead", null, h("tr", null,
+          h("th", { scope: "col" }, "Container"),
+          h("th", { scope: "col" }, "Reason"),
+          h("th", { scope: "col" }, "Detail"))),
+        h("tbody", null, leftOut.map(function (p) {
+          return h("tr", null,
+            h("td", { "data-label": "Container" },
+              h("span", { "class": "container-name" }, p.container), " ",
+              h("span", { "class": "sub mono" }, p.container_id.slice(0, 12))),
+            h("td", { "data-label": "Reason" }, badge("warn", p.reason)),
+            h("td", { "data-label": "Detail", "class": "detail" }, p.detail));
+        })))
+    ];
+  }
+
   function targetSection(item) {
     var t = item.doc;
     var rows = item.rows.length ? item.rows.map(routeRow)
@@ -235,6 +256,7 @@
           h("span", { "class": "when" }, "last reload ", when(t.last_reload), " ", sep(),
             " last pass ", when(t.last_pass)))),
       t.last_error ? h("p", { "class": "alert" }, t.last_error) : null,
+      leftOutTable(t.proxies_left_out),
       h("h3", null, "Routes ", h("span", { "class": "count" }, String(item.rows.length))),
       h("table", { "class": "routes" },
         h("thead", null, h("tr", null,
