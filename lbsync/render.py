@@ -227,10 +227,9 @@ class _Isolation:
     """What one attempt at rendering a builtin template had refused, block by block."""
 
     failures: list[UnsafeValueError] = field(default_factory=list)
-    hosts: set[str] = field(default_factory=set)  # host names refused
+    hosts: dict[str, UnsafeValueError] = field(default_factory=dict)  # refused names
     routes: dict[_RouteKey, UnsafeValueError] = field(default_factory=dict)
     upstreams: dict[str, UnsafeValueError] = field(default_factory=dict)  # by name
-    host_errors: dict[str, UnsafeValueError] = field(default_factory=dict)
     unplaced: UnsafeValueError | None = None  # refused in a block that is no host or upstream
 
     def refused(self, macro: jinja2.runtime.Macro, item: object, exc: UnsafeValueError) -> None:
@@ -244,8 +243,7 @@ class _Isolation:
                 return
             bad = [r for r in item.routes if _refuses(macro, Host(item.name, (r,)))]
             if not bad or _refuses(macro, Host(item.name, ())):
-                self.hosts.add(item.name)
-                self.host_errors[item.name] = exc
+                self.hosts[item.name] = exc
             for route in bad:
                 self.routes[_RouteKey(item.name, route.path)] = exc
             return
@@ -545,7 +543,7 @@ def _leave_out(model: RoutingModel, isolation: _Isolation) -> tuple[RoutingModel
         for route in host.routes:
             key = _RouteKey(host.name, route.path)
             exc = (
-                isolation.host_errors.get(host.name)
+                isolation.hosts.get(host.name)
                 or isolation.routes.get(key)
                 or isolation.upstreams.get(route.upstream.name)
             )
@@ -557,8 +555,13 @@ def _leave_out(model: RoutingModel, isolation: _Isolation) -> tuple[RoutingModel
             hosts.append(host)
         elif kept:
             hosts.append(Host(host.name, tuple(kept)))
+    used_before = {route.upstream.name for host in model.hosts for route in host.routes}
     used = {route.upstream.name for host in hosts for route in host.routes}
-    upstreams = tuple(u for u in model.upstreams if u.name in used)
+    upstreams = tuple(
+        u
+        for u in model.upstreams
+        if u.name not in isolation.upstreams and (u.name in used or u.name not in used_before)
+    )
     if not gone and len(upstreams) == len(model.upstreams):
         return None
     sentences = []
@@ -568,7 +571,8 @@ def _leave_out(model: RoutingModel, isolation: _Isolation) -> tuple[RoutingModel
             for c in model.containers
             if any(host_name in s.hosts and s.path == path for s in c.services)
         )
-        who = f" (container {', '.join(containers)})" if containers else ""
+        who = f" (container{'s' if len(containers) > 1 else ''} {', '.join(containers)})"
+        who = who if containers else ""
         sentences.append(
             f"service {_shown(host_name + path)}{who} left out: {exc}; "
             "the rest of the file is written"
