@@ -180,10 +180,13 @@ async def render_once(
             if warning not in warned:  # a container several targets select: say it once
                 warned.add(warning)
                 print(f"lbsync: warning: {warning}", file=sys.stderr)
+        left_out: list[str] = []
         try:
-            text = render(templates[spec.name], model, spec)
+            text = render(templates[spec.name], model, spec, left_out=left_out)
         except TemplateError as exc:
             raise UserError(f"target {spec.name}: {exc}") from exc
+        for sentence in left_out:
+            print(f"lbsync: warning: target {spec.name}: {sentence}", file=sys.stderr)
         if diff:
             current = read_current(spec.output)
             old = (current or b"").decode("utf-8", "replace").splitlines(keepends=True)

@@ -16,6 +16,8 @@ from typing import Any, Final, Literal, cast
 
 import yaml
 
+from lbsync.hosts import is_valid_host
+
 CheckMode = Literal["exec", "command", "none"]
 ReloadMode = Literal["signal", "exec", "command", "haproxy-master", "haproxy-runtime", "none"]
 AddressMode = Literal["container", "published"]
@@ -55,6 +57,8 @@ class DiscoveryConfig:
     address: AddressMode = "container"
     compat: Literal["nginx-proxy"] | None = None
     swarm: SwarmMode | None = None  # None = swarm services are not discovered
+    # The names and `*.` patterns containers may claim (lowercase); None = any host.
+    hosts: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +180,7 @@ _DISCOVERY_KEYS: Final = (
     "address",
     "compat",
     "swarm",
+    "hosts",
 )
 _DEBOUNCE_KEYS: Final = ("quiet", "max", "drain")
 _TARGET_KEYS: Final = (
@@ -477,7 +482,33 @@ def _discovery(p: _Problems, value: object) -> DiscoveryConfig:
         address=address,
         compat=compat,
         swarm=swarm,
+        hosts=_allowed_hosts(p, sec.get("hosts"), "discovery.hosts"),
     )
+
+
+def _allowed_hosts(p: _Problems, value: object, path: str) -> tuple[str, ...] | None:
+    """`discovery.hosts`: null (any host), or a non-empty list of host names and `*.`
+    patterns in the grammar of the `host` label; trimmed, lowercased, duplicates dropped."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        p.add(path, f"expected a list of host names and *. patterns, got {_describe(value)}")
+        return None
+    if not value:
+        p.add(path, "an empty list allows no host at all; use null to allow any host")
+        return None
+    hosts: list[str] = []
+    for index, item in enumerate(value):
+        host = item.strip().lower() if isinstance(item, str) else None
+        if host is None or not is_valid_host(host):
+            p.add(
+                f"{path}[{index}]",
+                "expected a host name (app.example.com) or a *. pattern (*.example.com), "
+                f"got {_describe(item)}",
+            )
+        elif host not in hosts:
+            hosts.append(host)
+    return tuple(hosts)
 
 
 def _debounce(p: _Problems, value: object) -> DebounceConfig:

@@ -172,6 +172,7 @@ class TargetState:
     warned_skips: set[str] = field(default_factory=set)
     # Proxy containers reported and not reloaded (SPEC §1), by container id.
     left_out: dict[str, LeftOut] = field(default_factory=dict)
+    services_left_out: set[str] = field(default_factory=set)  # services the last render left out
     # A pass costs what changed: the model is patched, unchanged blocks are not re-rendered,
     # and an unchanged model with the same template and settings is not rendered at all.
     builder: ModelBuilder = field(default_factory=ModelBuilder)
@@ -319,14 +320,24 @@ class Daemon:
         ):
             data = state.rendered_data
         else:
+            left_out: list[str] = []
             try:
                 data = render_bytes(
-                    state.template, model, target, slots=view, fragments=state.fragments
+                    state.template,
+                    model,
+                    target,
+                    slots=view,
+                    fragments=state.fragments,
+                    left_out=left_out,
                 )
             except TemplateError as exc:
                 log.error("target %s: %s", target.name, exc)
                 state.last_error = str(exc)
                 return False
+            for sentence in left_out:
+                if sentence not in state.services_left_out:  # once, not on every render
+                    log.warning("target %s: %s", target.name, sentence)
+            state.services_left_out = set(left_out)
             if state.on_disk is not None and data == state.on_disk:
                 data = state.on_disk  # one object for both, not two equal copies
             state.rendered, state.rendered_data = inputs, data

@@ -37,13 +37,19 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from lbsync.config import DiscoveryConfig
+from lbsync.hosts import host_allowed, is_valid_host
 from lbsync.model import Container, ContainerRef, Service, Skip
 
 __all__ = [
     "AMBIGUOUS_PORT",
     "BALANCE_MODES",
     "CONTAINER_KEYS",
+    "HOST_NOT_ALLOWED",
     "INVALID_LABEL",
+    "MAX_HOSTS_PER_SERVICE",
+    "MAX_NAME_LEN",
+    "MAX_PATH_LEN",
+    "MAX_SERVICES_PER_CONTAINER",
     "NO_HOST",
     "NO_PORT",
     "NO_SERVICE",
@@ -68,17 +74,23 @@ NO_PORT = "no_port"  # no port label and no exposed TCP port
 AMBIGUOUS_PORT = "ambiguous_port"  # no port label and several exposed TCP ports
 UNSUPPORTED_HOST = "unsupported_host"  # nginx-proxy regex (`~...`) or trailing wildcard (`a.*`)
 NO_SERVICE = "no_service"  # `enable=true` but nothing declared
+HOST_NOT_ALLOWED = "host_not_allowed"  # a host outside `discovery.hosts`
+
+# Bounds (SPEC §1). Every value within them is also within what nginx_quote and
+# haproxy_quote accept (nginx's 4,094-byte token; tests/test_quoting.py holds them to it),
+# so a value that passes here can never fail a render.
+MAX_PATH_LEN = 1024
+MAX_NAME_LEN = 64  # a service name, an upstream name
+MAX_HOSTS_PER_SERVICE = 100
+MAX_SERVICES_PER_CONTAINER = 32
 
 _SERVICE_KEY_SET = frozenset(SERVICE_KEYS)
 
-_DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_HOST_RE = re.compile(rf"(?:\*\.)?{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
-_PATH_RE = re.compile(r"/[A-Za-z0-9._~%/-]*")
-_UPSTREAM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_PATH_RE = re.compile(rf"/[A-Za-z0-9._~%/-]{{0,{MAX_PATH_LEN - 1}}}")
+_UPSTREAM_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_NAME_LEN - 1}}}")
 _NETWORK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_NAME_RE = re.compile(r"[a-z0-9_-]+")
+_NAME_RE = re.compile(rf"[a-z0-9_-]{{1,{MAX_NAME_LEN}}}")
 _NUMBER_RE = re.compile(r"[0-9]{1,10}")  # ASCII digits only: no sign, space or non-ASCII digit
-_MAX_HOST_LEN = 253  # without a leading "*."
 _SHOW_MAX = 80  # longer values are cut in messages
 
 _ENV_HOST = "VIRTUAL_HOST"
@@ -89,8 +101,14 @@ _COMPAT_PORT = 80  # nginx-proxy's default when the exposed ports do not decide
 
 _WHAT: dict[str, str] = {
     "port": "port (1..65535, digits only)",
-    "path": "path (it must start with / and use only A-Z a-z 0-9 . _ ~ % / -)",
-    "upstream": "upstream name (a letter or digit, then letters, digits, _ . -; at most 128)",
+    "path": (
+        "path (it must start with / and use only A-Z a-z 0-9 . _ ~ % / -; "
+        f"at most {MAX_PATH_LEN:,} characters)"
+    ),
+    "upstream": (
+        "upstream name (a letter or digit, then letters, digits, _ . -; "
+        f"at most {MAX_NAME_LEN} characters)"
+    ),
     "weight": "weight (1..256, digits only)",
     "balance": "balance mode (round_robin, least_conn or ip_hash)",
 }
@@ -144,19 +162,10 @@ def show_label(text: str) -> str:
     return _show(text)
 
 
-def is_valid_host(host: str) -> bool:
-    """A lowercase DNS name (labels of 1..63 `[a-z0-9-]`, no leading or trailing `-`, at
-    most 253 characters), optionally starting with the `*.` wildcard."""
-    if not host.isascii() or len(host) > _MAX_HOST_LEN + 2:
-        return False
-    if _HOST_RE.fullmatch(host) is None:
-        return False
-    return len(host) - 2 <= _MAX_HOST_LEN if host.startswith("*.") else True
-
-
 class _BadHost(NamedTuple):
-    entry: str  # the first bad entry, trimmed
+    entry: str  # the first bad entry, trimmed ("" when there are too many)
     unsupported: bool  # an nginx-proxy form lbsync does not support (`~regex`, `app.*`)
+    too_many: bool = False  # more than MAX_HOSTS_PER_SERVICE distinct hosts
 
 
 # raw host value -> its hosts or its first bad entry; the same values repeat across replicas.
@@ -181,6 +190,9 @@ def _parse_hosts(raw: str) -> _HostResult:
             result = _BadHost(entry, unsupported)
             break
         if host not in hosts:
+            if len(hosts) == MAX_HOSTS_PER_SERVICE:
+                result = _BadHost("", False, True)
+                break
             hosts.append(host)
     if result is None:
         result = tuple(hosts)
@@ -221,7 +233,7 @@ class _Ctx:
 
 
 def _skipped(name: str) -> str:
-    return f"service {name!r} skipped" if name else "service skipped"
+    return f"service {_show(name)} skipped" if name else "service skipped"
 
 
 def _build_service(
@@ -230,10 +242,12 @@ def _build_service(
     values: Mapping[str, str],
     env_src: Mapping[str, str] | None,
     compat_port: bool,
+    allowed: tuple[str, ...] | None,
 ) -> Service | None:
     """One service from its raw values; None (and a skip in `ctx`) when it is invalid.
 
     `env_src` maps a key to the env var its value came from (nginx-proxy compat), for messages.
+    `allowed`: `discovery.hosts` (None: any host).
     """
     raw = values.get("host")
     if raw is None:
@@ -248,7 +262,13 @@ def _build_service(
         bad = hosts.entry
         where = ctx.where(name, "host", env_src)
         shown = _show(raw) if raw.strip() == bad else f"{_show(raw)} has an entry {_show(bad)} that"
-        if hosts.unsupported:
+        if hosts.too_many:
+            ctx.skip(
+                INVALID_LABEL,
+                f"{where}: {_show(raw)} names more than {MAX_HOSTS_PER_SERVICE} hosts; "
+                f"{_skipped(name)}",
+            )
+        elif hosts.unsupported:
             ctx.skip(
                 UNSUPPORTED_HOST,
                 f"{where}: {shown} is a regex or trailing-wildcard host, which lbsync does not "
@@ -263,6 +283,15 @@ def _build_service(
             f"{ctx.where(name, 'host', env_src)}: {_show(raw)} names no host; {_skipped(name)}",
         )
         return None
+    if allowed is not None:
+        outside = next((host for host in hosts if not host_allowed(host, allowed)), None)
+        if outside is not None:
+            ctx.skip(
+                HOST_NOT_ALLOWED,
+                f"{ctx.where(name, 'host', env_src)}: host {_show(outside)} is not allowed by "
+                f"discovery.hosts; {_skipped(name)}",
+            )
+            return None
 
     raw = values.get("port")
     if raw is not None:
@@ -350,6 +379,7 @@ def parse_services(container: Container, discovery: DiscoveryConfig) -> ParsedCo
         discovery.exposed_by_default,
         compat,
         None if compat is None else (env.get(_ENV_HOST), env.get(_ENV_PORT), env.get(_ENV_PATH)),
+        discovery.hosts,
     )
     cached = _PARSE_CACHE.get(cache_key)
     if cached is not None:
@@ -418,7 +448,10 @@ def _parse(
             values = named[name] = {}
         problem: str | None = None
         if _NAME_RE.fullmatch(name) is None:
-            problem = f"{_show(name)} is not a valid service name (a-z, 0-9, _ and -)"
+            problem = (
+                f"{_show(name)} is not a valid service name "
+                f"(a-z, 0-9, _ and -; at most {MAX_NAME_LEN} characters)"
+            )
         elif sub in _SERVICE_KEY_SET:
             values[sub] = value
         elif sub in CONTAINER_KEYS:
@@ -484,19 +517,35 @@ def _parse(
             return ParsedContainer(True, (), tuple(ctx.skips))
         network = network_raw
 
+    allowed = discovery.hosts
     services: list[Service] = []
     if default is not None:
-        service = _build_service(ctx, "", default, env_src, compat_port)
+        service = _build_service(ctx, "", default, env_src, compat_port, allowed)
         if service is not None:
             services.append(service)
     if named is not None:
-        for name in sorted(named):
+        names = sorted(named)
+        room = MAX_SERVICES_PER_CONTAINER - (default is not None)
+        if len(names) > room:
+            # The first ones (default, then by name) stay: one container's excess costs
+            # only itself, and one warning, however many it declares.
+            over = names[room:]
+            shown = ", ".join(_show(n) for n in over[:3])
+            more = f" and {len(over) - 3} more" if len(over) > 3 else ""
+            ctx.skip(
+                INVALID_LABEL,
+                f"label {show_label(dot + over[0])}.*: more than {MAX_SERVICES_PER_CONTAINER} "
+                f"services on one container ({len(names) + (default is not None)} declared); "
+                f"services {shown}{more} skipped",
+            )
+            names = names[:room]
+        for name in names:
             found = problems.get(name) if problems is not None else None
             if found:
                 label, sentence = min(found)
                 ctx.skip(INVALID_LABEL, f"label {show_label(label)}: {sentence}; {_skipped(name)}")
                 continue
-            service = _build_service(ctx, name, named[name], None, False)
+            service = _build_service(ctx, name, named[name], None, False, allowed)
             if service is not None:
                 services.append(service)
     if explicit and default is None and named is None:

@@ -3,6 +3,15 @@
 `load_template(target)` finds and compiles the template (`builtin:nginx`, `builtin:haproxy`,
 or a path); `render(compiled, model, target)` turns a `RoutingModel` into the config text.
 Both raise `TemplateError` naming the template and, where known, the line.
+
+A builtin template renders each host and upstream as its own block (`render_each`). When a
+quoting filter refuses a value in one block, that block's service is left out rather than
+the whole file (SPEC §1: one container's bad input never stops the rest of a target): the
+route whose path was refused, the host whose name was, or the upstream and its routes; the
+file is rendered again without it and the caller gets one sentence per service left out.
+The label grammar keeps every value within what the filters accept, so this is a second
+line of defence. A user template still fails whole: its blocks may depend on one another
+in ways lbsync cannot see.
 """
 
 from __future__ import annotations
@@ -10,12 +19,12 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import compress
 from operator import is_not
 from pathlib import Path, PurePath
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import jinja2
 import jinja2.sandbox
@@ -23,7 +32,7 @@ import jinja2.sandbox
 import lbsync
 from lbsync.config import TargetConfig
 from lbsync.haproxy import with_slots
-from lbsync.model import Host, RoutingModel
+from lbsync.model import Host, Route, RoutingModel, Upstream
 from lbsync.quoting import UnsafeValueError, haproxy_quote, nginx_quote
 
 __all__ = [
@@ -136,7 +145,7 @@ class FragmentCache:
         self._calls = 0
 
     def _block(self, macro: jinja2.runtime.Macro, item: object) -> Any:
-        text = str(macro(item))
+        text = _render_block(macro, item)
         return text.encode() if self._as_bytes else text
 
     def _result(self, site: _Site) -> str:
@@ -165,6 +174,16 @@ class FragmentCache:
         return b"".join(pieces)
 
     def join(self, items: Iterable[object], macro: jinja2.runtime.Macro) -> str:
+        isolation = _isolation.get()
+        failed_before = -1 if isolation is None else len(isolation.failures)
+        text = self._join(items, macro)
+        if isolation is not None and len(isolation.failures) != failed_before:
+            # A refused block must be rendered (and refused) again next time, not reused
+            # as the empty text it stands for in this attempt.
+            self._sites.pop((macro.name, self._calls - 1), None)
+        return text
+
+    def _join(self, items: Iterable[object], macro: jinja2.runtime.Macro) -> str:
         key = (macro.name, self._calls)
         self._calls += 1
         now = items if isinstance(items, tuple) else tuple(items)
@@ -199,6 +218,71 @@ class FragmentCache:
 _fragments: ContextVar[FragmentCache | None] = ContextVar("lbsync_fragments", default=None)
 
 
+class _RouteKey(NamedTuple):
+    host: str
+    path: str
+
+
+@dataclass(slots=True)
+class _Isolation:
+    """What one attempt at rendering a builtin template had refused, block by block."""
+
+    failures: list[UnsafeValueError] = field(default_factory=list)
+    hosts: dict[str, UnsafeValueError] = field(default_factory=dict)  # refused names
+    routes: dict[_RouteKey, UnsafeValueError] = field(default_factory=dict)
+    upstreams: dict[str, UnsafeValueError] = field(default_factory=dict)  # by name
+    unplaced: UnsafeValueError | None = None  # refused in a block that is no host or upstream
+
+    def refused(self, macro: jinja2.runtime.Macro, item: object, exc: UnsafeValueError) -> None:
+        """Find what in `item` the filter refused: for a host, each of its routes alone,
+        then its name with no routes; an upstream (or a block built on one) as a whole."""
+        self.failures.append(exc)
+        if isinstance(item, Host):
+            if _refuses(macro, _CANARY_HOST):
+                # Any host is refused (a setting the block uses): not this host's doing.
+                self.unplaced = self.unplaced or exc
+                return
+            bad = [r for r in item.routes if _refuses(macro, Host(item.name, (r,)))]
+            if not bad or _refuses(macro, Host(item.name, ())):
+                self.hosts[item.name] = exc
+            for route in bad:
+                self.routes[_RouteKey(item.name, route.path)] = exc
+            return
+        upstream = item if isinstance(item, Upstream) else getattr(item, "upstream", None)
+        if isinstance(upstream, Upstream):
+            self.upstreams[upstream.name] = exc
+        elif self.unplaced is None:
+            self.unplaced = exc
+
+
+# A host every template must accept: `.invalid` is reserved (RFC 2606), and no routes.
+_CANARY_HOST = Host("lbsync.invalid", ())
+
+# Set while a builtin template renders: `render_each` leaves a refused block out.
+_isolation: ContextVar[_Isolation | None] = ContextVar("lbsync_isolation", default=None)
+
+
+def _refuses(macro: jinja2.runtime.Macro, item: object) -> bool:
+    try:
+        str(macro(item))
+    except UnsafeValueError:
+        return True
+    return False
+
+
+def _render_block(macro: jinja2.runtime.Macro, item: object) -> str:
+    """One block's text; while a builtin renders, "" (and the refusal noted) when a quoting
+    filter refuses a value in it."""
+    isolation = _isolation.get()
+    if isolation is None:
+        return str(macro(item))
+    try:
+        return str(macro(item))
+    except UnsafeValueError as exc:
+        isolation.refused(macro, item, exc)
+        return ""
+
+
 def render_each(items: Iterable[object], macro: jinja2.runtime.Macro) -> str:
     """`{{ upstreams | render_each(upstream_block) }}`: the macro's text for each item, joined.
 
@@ -211,7 +295,7 @@ def render_each(items: Iterable[object], macro: jinja2.runtime.Macro) -> str:
         raise TypeError("render_each takes a macro defined in the template")
     cache = _fragments.get()
     if cache is None:
-        return "".join([str(macro(item)) for item in items])
+        return "".join([_render_block(macro, item) for item in items])
     return cache.join(items, macro)
 
 
@@ -388,6 +472,7 @@ def render(
     *,
     slots: Mapping[str, Sequence[Any]] | None = None,
     fragments: FragmentCache | None = None,
+    left_out: list[str] | None = None,
 ) -> str:
     """Render `model` for `target`; the text always ends with a newline.
 
@@ -395,8 +480,10 @@ def render(
     `slots` (upstream name -> server slots) for `reload: haproxy-runtime`.
     `fragments`: where `render_each` keeps block texts from one render to the next (one
     cache per target and template; see `FragmentCache`).
+    `left_out`: gets one sentence per service a builtin template left out because a quoting
+    filter refused one of its values (see the module's docstring).
     """
-    return _render_text(template, model, target, slots, fragments, as_bytes=False)
+    return _render_text(template, model, target, slots, fragments, left_out, as_bytes=False)
 
 
 def render_bytes(
@@ -406,6 +493,7 @@ def render_bytes(
     *,
     slots: Mapping[str, Sequence[Any]] | None = None,
     fragments: FragmentCache | None = None,
+    left_out: list[str] | None = None,
 ) -> bytes:
     """`render(...)` as UTF-8 bytes, what the daemon writes.
 
@@ -414,8 +502,10 @@ def render_bytes(
     it may filter what `render_each` gives it.
     """
     if fragments is None or not template.is_builtin:
-        return render(template, model, target, slots=slots, fragments=fragments).encode()
-    text = _render_text(template, model, target, slots, fragments, as_bytes=True)
+        return render(
+            template, model, target, slots=slots, fragments=fragments, left_out=left_out
+        ).encode()
+    text = _render_text(template, model, target, slots, fragments, left_out, as_bytes=True)
     try:
         data = fragments.assemble(text)
     except ValueError as exc:
@@ -429,6 +519,36 @@ def _render_text(
     target: TargetConfig,
     slots: Mapping[str, Sequence[Any]] | None,
     fragments: FragmentCache | None,
+    left_out: list[str] | None,
+    *,
+    as_bytes: bool,
+) -> str:
+    if not template.is_builtin:
+        return _render_once(template, model, target, slots, fragments, None, as_bytes=as_bytes)
+    # Each attempt leaves out at least one host, route or upstream more, or raises.
+    for _ in range(len(model.hosts) + len(model.upstreams) + 1):
+        isolation = _Isolation()
+        text = _render_once(template, model, target, slots, fragments, isolation, as_bytes=as_bytes)
+        if not isolation.failures:
+            return text
+        reduced = None if isolation.unplaced is not None else _leave_out(model, isolation)
+        if reduced is None:  # refused outside any host or upstream: not one service's doing
+            first = isolation.unplaced or isolation.failures[0]
+            raise TemplateError(template.name, None, str(first)) from first
+        model, sentences = reduced
+        if left_out is not None:
+            left_out.extend(sentences)
+    first = isolation.failures[0]
+    raise TemplateError(template.name, None, str(first)) from first
+
+
+def _render_once(
+    template: CompiledTemplate,
+    model: RoutingModel,
+    target: TargetConfig,
+    slots: Mapping[str, Sequence[Any]] | None,
+    fragments: FragmentCache | None,
+    isolation: _Isolation | None,
     *,
     as_bytes: bool,
 ) -> str:
@@ -443,13 +563,76 @@ def _render_text(
     if fragments is not None:
         fragments.prepare(template, target, as_bytes=as_bytes)
     token = _fragments.set(fragments)
+    isolating = _isolation.set(isolation)
     try:
         text = template.template.render(context)
     except Exception as exc:
         line = _template_line(exc.__traceback__, template.template.filename)
         raise TemplateError(template.name, line, _describe(exc)) from exc
     finally:
+        _isolation.reset(isolating)
         _fragments.reset(token)
     if as_bytes:
         return text  # markers in it: render_bytes adds the newline to the bytes
     return text if text.endswith("\n") else text + "\n"
+
+
+_SHOWN = 60  # a value longer than this is cut in a sentence
+
+
+def _shown(value: str) -> str:
+    """A value for a one-line message: as is when plain, else quoted (newlines escaped);
+    cut when long."""
+    cut = value if len(value) <= _SHOWN else value[:_SHOWN]
+    if cut.isascii() and cut.isprintable() and " " not in cut:
+        return cut if cut is value else cut + "..."
+    return repr(cut) if cut is value else repr(cut) + "..."
+
+
+def _leave_out(model: RoutingModel, isolation: _Isolation) -> tuple[RoutingModel, list[str]] | None:
+    """`model` without what `isolation` saw refused, and one sentence per service left out:
+    a refused route (or every route of a refused host, or to a refused upstream) goes, a
+    host left with no route goes, an upstream no route leads to any more goes. None when
+    that leaves out nothing."""
+    gone: dict[_RouteKey, UnsafeValueError] = {}
+    hosts: list[Host] = []
+    for host in model.hosts:
+        kept: list[Route] = []
+        for route in host.routes:
+            key = _RouteKey(host.name, route.path)
+            exc = (
+                isolation.hosts.get(host.name)
+                or isolation.routes.get(key)
+                or isolation.upstreams.get(route.upstream.name)
+            )
+            if exc is None:
+                kept.append(route)
+            else:
+                gone[key] = exc
+        if len(kept) == len(host.routes):
+            hosts.append(host)
+        elif kept:
+            hosts.append(Host(host.name, tuple(kept)))
+    used_before = {route.upstream.name for host in model.hosts for route in host.routes}
+    used = {route.upstream.name for host in hosts for route in host.routes}
+    upstreams = tuple(
+        u
+        for u in model.upstreams
+        if u.name not in isolation.upstreams and (u.name in used or u.name not in used_before)
+    )
+    if not gone and len(upstreams) == len(model.upstreams):
+        return None
+    sentences = []
+    for (host_name, path), exc in sorted(gone.items()):
+        containers = sorted(
+            c.name
+            for c in model.containers
+            if any(host_name in s.hosts and s.path == path for s in c.services)
+        )
+        who = f" (container{'s' if len(containers) > 1 else ''} {', '.join(containers)})"
+        who = who if containers else ""
+        sentences.append(
+            f"service {_shown(host_name + path)}{who} left out: {exc}; "
+            "the rest of the file is written"
+        )
+    return replace(model, hosts=tuple(hosts), upstreams=upstreams), sentences

@@ -47,6 +47,7 @@ __all__ = [
     "ParsedEntry",
     "build_model",
     "derived_upstream_name",
+    "explicit_upstream_name",
     "parse_entry",
 ]
 
@@ -117,7 +118,7 @@ def parse_entry(
     return ParsedEntry(container, parse_services(container, discovery), discovery)
 
 
-def derived_upstream_name(host: str, path: str) -> str:
+def derived_upstream_name(host: str, path: str, *, full_hash: bool = False) -> str:
     """The upstream name of a group without an explicit `upstream` label.
 
     `lbsync_<slug>_<hash>`: slug is the host with a leading `*.` written as `wildcard_` and
@@ -126,11 +127,23 @@ def derived_upstream_name(host: str, path: str) -> str:
     example `a.test` + `/api` hashes `a.test/api`). So `*.example.com` with `/` gives
     `lbsync_wildcard_example_com_` followed by 8 hex digits. Hosts never contain `/` and
     paths always start with it, so host + path is unambiguous.
+
+    `full_hash`: all 40 hex digits, for groups whose 8-digit names clash: 32 bits are
+    quickly searched for a host and path that give another group's name, 160 are not.
     """
     slug_source = "wildcard_" + host[2:] if host.startswith("*.") else host
     slug = _SLUG_RE.sub("_", slug_source)[:_SLUG_MAX]
-    digest = hashlib.sha1((host + path).encode(), usedforsecurity=False).hexdigest()[:8]
-    return f"lbsync_{slug}_{digest}"
+    digest = hashlib.sha1((host + path).encode(), usedforsecurity=False).hexdigest()
+    return f"lbsync_{slug}_{digest if full_hash else digest[:8]}"
+
+
+def explicit_upstream_name(value: str) -> str:
+    """The upstream name a group's `upstream` label value is written as: `lbsync_<value>`.
+
+    Every name lbsync writes starts with `lbsync_` (SPEC §1), so `upstream=grafana` never
+    meets (or captures the `proxy_pass http://grafana` of) the operator's own `grafana`.
+    """
+    return "lbsync_" + value
 
 
 def _pick_network(
@@ -590,11 +603,32 @@ class ModelBuilder:
         for key in affected:
             self._settle_group(key, resort_all)
 
-        if self._explicit or self._named_together:
+        names = None
+        if not (self._explicit or self._named_together):
+            names = self._fresh_names(affected)
+        if names is None:
             self._assemble_all()
         else:
-            self._assemble(affected)
+            self._assemble(affected, names)
         return self._finish(lists_changed)
+
+    def _fresh_names(self, affected: set[_GroupKey]) -> dict[_GroupKey, str] | None:
+        """The derived names of the groups new in `affected`; None when one of them is a
+        name in use or another new group's (then `_assemble_all` names every group)."""
+        fresh: dict[_GroupKey, str] = {}
+        taken = self._upstreams
+        upstream_of = self._upstream_of
+        groups = self._groups
+        for key in affected:
+            if key in upstream_of or key not in groups:
+                continue
+            name = derived_upstream_name(*key)
+            if name in taken:
+                return None
+            fresh[key] = name
+        if len(set(fresh.values())) != len(fresh):
+            return None
+        return fresh
 
     def _finish(self, lists_changed: bool) -> RoutingModel:
         """The model, reusing the previous one's tuples (or itself) where nothing changed."""
@@ -746,8 +780,9 @@ class ModelBuilder:
             return previous
         return Host(host, tuple(routes))
 
-    def _assemble(self, affected: set[_GroupKey]) -> None:
-        """Only derived upstream names: each group has its own upstream; patch in place."""
+    def _assemble(self, affected: set[_GroupKey], fresh: Mapping[_GroupKey, str]) -> None:
+        """Only derived upstream names, none clashing: each group has its own upstream;
+        patch in place. `fresh`: the names of the new groups (`_fresh_names`)."""
         hosts: set[str] = set()
         for key in affected:
             host, path = key
@@ -755,13 +790,10 @@ class ModelBuilder:
             # A group keeps its name for life: only a new one needs it derived (a hash).
             # Names here are all derived (the last `_assemble_all` had no explicit ones).
             known_upstream = self._upstream_of.get(key)
-            if known_upstream is not None:
-                name = known_upstream.name
-            else:
-                name = derived_upstream_name(host, path)
             group = self._groups.get(key)
             if group is None:
                 if known_upstream is not None:
+                    name = known_upstream.name
                     del self._upstream_of[key]
                     del self._upstreams[name]
                     self._upstreams_dirty = True
@@ -773,6 +805,7 @@ class ModelBuilder:
                     if not paths:
                         del self._paths[host]
                 continue
+            name = fresh[key] if known_upstream is None else known_upstream.name
             upstream = self._upstream(name, group)
             known = self._upstreams.get(name)
             if known is None:
@@ -807,7 +840,7 @@ class ModelBuilder:
         keys = sorted(self._groups)
         groups = self._groups
         warnings: list[str] = []
-        names = _name_upstreams(
+        names, clashed = _name_upstreams(
             keys,
             {k: list(groups[k].members) for k in keys},
             {k: (groups[k].decider, groups[k].servers) for k in keys},
@@ -830,7 +863,9 @@ class ModelBuilder:
         self._hosts = {h: host for h in paths if (host := self._host(h)) is not None}
         self._host_order = sorted(self._hosts)
         self._naming_warnings = warnings
-        self._named_together = bool(self._explicit)
+        # Explicit names, or derived ones that clashed: names depend on other groups, so
+        # the next pass names them all together again.
+        self._named_together = bool(self._explicit) or clashed
         self._hosts_dirty = self._upstreams_dirty = True
 
 
@@ -872,30 +907,66 @@ def _conflict_warning(key: _GroupKey, newest: _Member, members: Sequence[_Member
     )
 
 
+def _derived_names(keys: Iterable[_GroupKey]) -> tuple[dict[_GroupKey, str], bool]:
+    """Each group's derived name, unique across `keys`; and whether any clashed.
+
+    8 hex digits of a hash are few: a host and path that give another group's name are
+    found in seconds. Groups whose names clash take the full hash instead (both of them, so
+    the name depends on the set of groups, never on the order they came in).
+    """
+    names = {key: derived_upstream_name(*key) for key in keys}
+    full: set[_GroupKey] = set()
+    while True:
+        holders: dict[str, list[_GroupKey]] = {}
+        for key, name in names.items():
+            holders.setdefault(name, []).append(key)
+        clashing = [k for ks in holders.values() if len(ks) > 1 for k in ks if k not in full]
+        if not clashing:
+            return names, bool(full)
+        for key in clashing:  # a full-hash name may still equal some short one: look again
+            names[key] = derived_upstream_name(*key, full_hash=True)
+            full.add(key)
+
+
 def _name_upstreams(
     keys: list[_GroupKey],
     groups: dict[_GroupKey, list[_Member]],
     chosen: dict[_GroupKey, tuple[Service, tuple[Server, ...]]],
     warnings: list[str],
-) -> dict[_GroupKey, str]:
-    """Each group's upstream name, unique across groups.
+) -> tuple[dict[_GroupKey, str], bool]:
+    """Each group's upstream name, unique across groups; and whether derived names clashed.
 
-    An explicit name claimed by several groups goes to the first group by (host, path);
-    a later group shares it when it has exactly the same members (the same services of
-    the same containers: typically one service listing several hosts), else it falls back
-    to its derived name with a warning. Names are compared ignoring case. An explicit name
-    equal to the derived name another group uses falls back too.
+    An explicit value is written as `lbsync_<value>` (`explicit_upstream_name`). One claimed
+    by several groups goes to the first group by (host, path); a later group shares it when
+    it has exactly the same members (the same services of the same containers: typically
+    one service listing several hosts), else it falls back to its derived name with a
+    warning. Names are compared ignoring case. An explicit name equal to the derived name
+    of another group (used or not) falls back too, so a label can never pick the name of a
+    group it does not belong to; derived names are unique among themselves (see
+    `_derived_names`), so no fallback meets another group's name either.
     """
+    derived, clashed = _derived_names(keys)
+    # Derived names are lowercase: comparing an explicit name folded finds them.
+    derived_of = {name: key for key, name in derived.items()}
     names: dict[_GroupKey, str] = {}
     # Names are compared ignoring case: nginx does (`App` and `app` are one upstream).
     owners: dict[str, tuple[_GroupKey, frozenset[tuple[str, str]], str]] = {}
     for key in keys:
-        explicit = chosen[key][0].upstream
-        if explicit is None:
-            names[key] = derived_upstream_name(*key)
+        value = chosen[key][0].upstream
+        if value is None:
+            names[key] = derived[key]
+            continue
+        explicit = explicit_upstream_name(value)
+        folded = explicit.lower()
+        other = derived_of.get(folded)
+        if other is not None and other != key:
+            names[key] = derived[key]
+            warnings.append(
+                f"group {_group_label(key)}: upstream name {explicit!r} is the derived name of "
+                f"group {_group_label(other)}; using {names[key]!r}"
+            )
             continue
         members = frozenset((m[1], m[2]) for m in groups[key])
-        folded = explicit.lower()
         owner = owners.get(folded)
         if owner is None:
             owners[folded] = (key, members, explicit)
@@ -903,21 +974,9 @@ def _name_upstreams(
         elif owner[1] == members and owner[2] == explicit:
             names[key] = explicit
         else:
-            names[key] = derived_upstream_name(*key)
+            names[key] = derived[key]
             warnings.append(
                 f"group {_group_label(key)}: upstream name {explicit!r} is already used by "
                 f"group {_group_label(owner[0])}; using {names[key]!r}"
             )
-    if owners:
-        derived_in_use = {n for k, n in names.items() if n != chosen[k][0].upstream}
-        for folded, (_, _, explicit) in owners.items():
-            if folded not in derived_in_use:  # derived names are lowercase
-                continue
-            for k in keys:
-                if names[k] == explicit and chosen[k][0].upstream == explicit:
-                    names[k] = derived_upstream_name(*k)
-                    warnings.append(
-                        f"group {_group_label(k)}: upstream name {explicit!r} is the derived "
-                        f"name of another group; using {names[k]!r}"
-                    )
-    return names
+    return names, clashed

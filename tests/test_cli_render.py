@@ -283,6 +283,30 @@ def test_render_diff_against_the_file_on_disk(lab: Lab, tmp_path: Path) -> None:
     assert output.read_text() == edited
 
 
+@pytest.mark.engine
+def test_render_template_error_is_one_line_exit_2(lab: Lab, tmp_path: Path) -> None:
+    # A template that compiles but fails on the engine's data: one line naming the target,
+    # the template and its line, exit 2, no traceback (issue #17: it ended in a traceback).
+    backends = start_backends(lab, hostile=False)
+    template = tmp_path / "mine.conf.j2"
+    template.write_text("# mine\n{% for h in hosts %}\nserver_name {{ h.nmae }};\n{% endfor %}\n")
+    output = tmp_path / "out" / "lbsync.conf"
+    config = write_config(
+        tmp_path / "lbsync.yaml",
+        target_yaml("mine", output, free_port(), backends.run_id, template="mine.conf.j2"),
+    )
+    assert run_lbsync(tmp_path, "check", "-c", str(config)).returncode == 0  # it compiles
+
+    result = run_lbsync(tmp_path, "render", "-c", str(config))
+    assert result.returncode == 2, result.stderr
+    assert_no_traceback(result)
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("lbsync: target mine: template "), line
+    assert str(template) in line and "line 3" in line and "nmae" in line, line
+    assert not output.exists()
+
+
 def test_render_engine_unreachable(tmp_path: Path) -> None:
     output = tmp_path / "out" / "lbsync.conf"
     config = write_config(tmp_path / "lbsync.yaml", target_yaml("nginx", output, 8080, "none"))

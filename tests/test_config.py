@@ -280,6 +280,19 @@ VALID: list[tuple[str, object, Getter, object]] = [
         "nginx-proxy",
     ),
     ("discovery.compat-null", {"discovery": {"compat": None}}, lambda c: c.discovery.compat, None),
+    ("discovery.hosts-null", {"discovery": {"hosts": None}}, lambda c: c.discovery.hosts, None),
+    (
+        "discovery.hosts",
+        {"discovery": {"hosts": ["app.example.com", "*.apps.example.com"]}},
+        lambda c: c.discovery.hosts,
+        ("app.example.com", "*.apps.example.com"),
+    ),
+    (
+        "discovery.hosts-trimmed-lowercased-deduplicated",
+        {"discovery": {"hosts": [" App.Example.COM ", "app.example.com", "*.X.test"]}},
+        lambda c: c.discovery.hosts,
+        ("app.example.com", "*.x.test"),
+    ),
     # debounce
     (
         "debounce",
@@ -618,6 +631,58 @@ INVALID: list[tuple[str, object, str]] = [
         "discovery.compat",
         {"discovery": {"compat": "traefik"}},
         "discovery.compat: expected one of nginx-proxy, got 'traefik'",
+    ),
+    (
+        "discovery.hosts-string",
+        {"discovery": {"hosts": "a.test"}},
+        "discovery.hosts: expected a list of host names and *. patterns, got 'a.test'",
+    ),
+    (
+        "discovery.hosts-empty",
+        {"discovery": {"hosts": []}},
+        "discovery.hosts: an empty list allows no host at all; use null to allow any host",
+    ),
+    (
+        "discovery.hosts-bad-entry",
+        {"discovery": {"hosts": ["a.test", "b.test", "x y.test"]}},
+        "discovery.hosts[2]: expected a host name (app.example.com) or a *. pattern "
+        "(*.example.com), got 'x y.test'",
+    ),
+    (
+        "discovery.hosts-number",
+        {"discovery": {"hosts": [80]}},
+        "discovery.hosts[0]: expected a host name (app.example.com) or a *. pattern "
+        "(*.example.com), got 80",
+    ),
+    (
+        "discovery.hosts-trailing-wildcard",
+        {"discovery": {"hosts": ["app.*"]}},
+        "discovery.hosts[0]: expected a host name (app.example.com) or a *. pattern "
+        "(*.example.com), got 'app.*'",
+    ),
+    (
+        "discovery.hosts-bare-star",
+        {"discovery": {"hosts": ["*"]}},
+        "discovery.hosts[0]: expected a host name (app.example.com) or a *. pattern "
+        "(*.example.com), got '*'",
+    ),
+    (
+        "discovery.hosts-mid-wildcard",
+        {"discovery": {"hosts": ["a.*.test"]}},
+        "discovery.hosts[0]: expected a host name (app.example.com) or a *. pattern "
+        "(*.example.com), got 'a.*.test'",
+    ),
+    (
+        "discovery.hosts-too-long",
+        {"discovery": {"hosts": ["a" * 60 + "." + "b" * 60 + "." + "c" * 60 + "." + "d" * 80]}},
+        "discovery.hosts[0]: expected a host name (app.example.com) or a *. pattern "
+        "(*.example.com), got 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...'",
+    ),
+    (
+        "discovery.hosts-null-entry",
+        {"discovery": {"hosts": [None]}},
+        "discovery.hosts[0]: expected a host name (app.example.com) or a *. pattern "
+        "(*.example.com), got null",
     ),
     # debounce
     (

@@ -35,7 +35,6 @@ from lbsync.model import RoutingModel
 from lbsync.render import (
     CompiledTemplate,
     FragmentCache,
-    TemplateError,
     load_template,
     match_order,
     render,
@@ -775,10 +774,28 @@ def test_a_pass_renders_only_the_blocks_of_what_changed(
     assert (cache.rendered, cache.reused) == (14, 10)
 
 
-def test_host_with_newline_is_a_template_error(haproxy_template: CompiledTemplate) -> None:
-    routing = model(host("a.test\nbackend evil", ("/", WEB)))
-    with pytest.raises(TemplateError, match="newline"):
-        render(haproxy_template, routing, target())
+def test_refused_host_leaves_out_only_that_host(
+    haproxy_template: CompiledTemplate, tmp_path: Path
+) -> None:
+    # haproxy_quote refuses a newline: that host goes, the rest of the file is written.
+    shop = ups("lbsync_shop_example_com_5e6f7a8b", srv("172.18.0.3", 3000, name="shop-1"))
+    evil = ups("lbsync_evil_1a1a1a1a", srv("172.18.0.9", 80, name="evil"))
+    routing = model(
+        host("a.test\nbackend evil", ("/", evil)), host("shop.example.com", ("/", shop))
+    )
+    left_out: list[str] = []
+    text = render(haproxy_template, routing, target(), left_out=left_out)
+    cache = FragmentCache()
+    assert render_bytes(haproxy_template, routing, target(), fragments=cache).decode() == text
+    assert text == render(haproxy_template, model(host("shop.example.com", ("/", shop))), target())
+    assert "backend evil" not in text and evil.name not in text
+    assert left_out == [
+        "service 'a.test\\nbackend evil/' left out: cannot quote 'a.test\\nbackend evil' for "
+        "haproxy: it contains a newline; the rest of the file is written"
+    ]
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(text)
+    haproxy_check(cfg)
 
 
 def test_render_is_deterministic(haproxy_template: CompiledTemplate) -> None:

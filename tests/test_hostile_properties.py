@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -20,11 +21,13 @@ from hypothesis import strategies as st
 
 from lbsync.config import DiscoveryConfig, TargetConfig
 from lbsync.docker_api import Event, NotFound
-from lbsync.model import Container, NetworkAttachment
+from lbsync.model import Container, NetworkAttachment, Service
 from lbsync.registry import Registry
 from lbsync.render import load_template, render
 from lbsync.routing import build_model, parse_entry
 from lbsync.watcher import Watcher
+from tests.test_haproxy_render import haproxy_check
+from tests.test_render import nginx_test
 
 pytestmark = pytest.mark.hostile
 
@@ -138,6 +141,159 @@ def test_rendered_nginx_holds_only_grammatical_values(label_sets: list[dict[str,
         for value in labels.values():
             if INJECTION.search(value):
                 assert value not in text
+
+
+# --- over-long values of every field (issue #17) -------------------------------------------
+
+HAPROXY = TargetConfig(name="t", template="builtin:haproxy", output="/x/haproxy.cfg")  # type: ignore[arg-type]
+HAPROXY_TEMPLATE = load_template(HAPROXY)
+GOOD_PORT = 8080  # every container here exposes 8080
+LABEL_63 = "a" * 63
+
+
+def repeated(units: list[str], low: int, high: int) -> st.SearchStrategy[str]:
+    return st.builds(lambda unit, n: unit * n, st.sampled_from(units), st.integers(low, high))
+
+
+def near(limit: int) -> st.SearchStrategy[int]:
+    """Lengths at and around a bound, and far past it."""
+    return st.sampled_from([5000, limit + 1, limit, 4 * limit, limit - 1, limit + 2])
+
+
+long_hosts = st.one_of(
+    near(100).map(lambda n: ",".join(f"h{i}.test" for i in range(n))),
+    near(253).map(lambda n: ("x." * n)[: n - 4] + "test" if n > 4 else "test"),
+    near(253).map(lambda n: ("*." + ".".join([LABEL_63] * 5))[:n].rstrip(".")),
+    st.integers(1, 12).map(lambda k: ".".join([LABEL_63] * k)),
+    near(100).map(lambda n: ",".join(["same.test"] * n)),  # duplicates count once
+    repeated(["a", ",", "a,", " ,", "*.", "-"], 60, 6000),
+)
+long_paths = st.one_of(
+    near(1024).map(lambda n: "/" + "p" * (n - 1)),
+    near(1024).map(lambda n: "/" + "%" * (n - 1)),
+    repeated(["/", "a", "/a", "$", "%"], 1000, 6000),
+)
+long_names = st.one_of(near(64).map(lambda n: "u" * n), repeated(["u", ".", "-", "_"], 60, 6000))
+long_numbers = repeated(["9", "1", "0"], 5, 5000)
+long_balances = repeated(["round_robin", "ip_hash", "x"], 2, 500)
+over_long = {
+    "host": long_hosts,
+    "path": long_paths,
+    "upstream": long_names,
+    "port": long_numbers,
+    "weight": long_numbers,
+    "balance": long_balances,
+}
+
+
+@st.composite
+def over_long_labels(draw: st.DrawFn) -> dict[str, str]:
+    """One container's labels: a valid service with one or more over-long fields, maybe
+    under an over-long service name, maybe beside a great many other services."""
+    prefix = draw(
+        st.sampled_from(["lbsync.", "lbsync.web."]) | near(64).map(lambda n: f"lbsync.{'n' * n}.")
+    )
+    labels = {"lbsync.enable": "true", f"{prefix}host": "ok.test", f"{prefix}port": "8080"}
+    keys = st.sampled_from(sorted(over_long))
+    for key in draw(st.lists(keys, min_size=1, max_size=2, unique=True)):
+        labels[f"{prefix}{key}"] = draw(over_long[key])
+    count = draw(st.sampled_from([0, 0, 30, 31, 32, 33, 200]))
+    for i in range(count):
+        labels[f"lbsync.s{i:03}.host"] = f"s{i}.many.test"
+        labels[f"lbsync.s{i:03}.port"] = "8080"
+    return labels
+
+
+def bounded(service: Service) -> bool:
+    return (
+        1 <= len(service.hosts) <= 100
+        and all(len(h) <= 253 and HOST.fullmatch(h) for h in service.hosts)
+        and len(service.path) <= 1024
+        and PATH.fullmatch(service.path) is not None
+        and (service.upstream is None or len(service.upstream) <= 64)
+        and len(service.name) <= 64
+    )
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(over_long_labels(), min_size=1, max_size=4))
+def test_over_long_values_never_stop_the_rest(label_sets: list[dict[str, str]]) -> None:
+    discovery = DiscoveryConfig()
+    good = container(0, {"lbsync.enable": "true", "lbsync.host": "good.test"})
+    entries = [parse_entry(good, discovery)]
+    entries += [
+        parse_entry(container(i + 1, labels), discovery) for i, labels in enumerate(label_sets)
+    ]
+    for entry in entries[1:]:
+        parsed = entry.parsed
+        assert all(bounded(service) for service in parsed.services), parsed.services
+        assert len(parsed.services) <= 32
+        for skip in parsed.skips:  # one line each, of bounded length
+            assert "\n" not in skip.detail and len(skip.detail) < 600, skip.detail
+    model = build_model(entries, discovery, NGINX, frozenset({"front"}))
+    good_server = f"{good.networks[0].ip}:{GOOD_PORT}"
+    for template, target in ((NGINX_TEMPLATE, NGINX), (HAPROXY_TEMPLATE, HAPROXY)):
+        left_out: list[str] = []
+        text = render(template, model, target, left_out=left_out)
+        assert left_out == [], "a value the grammar accepted was refused at render time"
+        assert good_server in text, "the good container must still be routed"
+        assert "good.test" in text
+    tokens = rendered_tokens(render(NGINX_TEMPLATE, model, NGINX))
+    assert all(name == "_" or len(name) <= 253 for name in tokens["server_name"]), tokens
+    assert all(len(path) <= 1024 and PATH.fullmatch(path) for path in tokens["location"])
+    # lbsync_ and a label's 64 characters, or a derived name (its full hash: 88 at most)
+    assert all(NAME.fullmatch(n) and len(n) <= 88 for n in tokens["upstream"]), tokens
+
+
+def longest_valid_labels(index: int) -> dict[str, str]:
+    """Every bound at its limit: 32 services, the default one with 100 hosts of 253
+    characters (wildcards among them), a 1,024-character path and a 64-character upstream
+    name; the others under 64-character names."""
+
+    def host(i: int) -> str:
+        tail = f"{index}x{i}.test"
+        name = ".".join([LABEL_63, LABEL_63, LABEL_63, "b" * (253 - 3 * 64 - len(tail) - 1)])
+        full = f"{name}.{tail}"
+        return "*." + full[2:] if i % 10 == 0 else full
+
+    labels = {
+        "lbsync.enable": "true",
+        "lbsync.host": ",".join(host(i) for i in range(100)),
+        "lbsync.port": "8080",
+        "lbsync.path": "/" + "%" * 1023,
+        "lbsync.upstream": f"{index}" + "U" * 63,
+    }
+    for i in range(31):
+        name = f"{i:02}" + "n" * 62
+        labels[f"lbsync.{name}.host"] = f"s{i}.c{index}.test"
+        labels[f"lbsync.{name}.port"] = "8080"
+        labels[f"lbsync.{name}.path"] = "/" + "p" * 1023
+    return labels
+
+
+def test_the_longest_valid_values_pass_nginx_t_and_haproxy_c(tmp_path: Path) -> None:
+    discovery = DiscoveryConfig()
+    good = container(0, {"lbsync.enable": "true", "lbsync.host": "good.test"})
+    entries = [parse_entry(good, discovery)]
+    entries += [parse_entry(container(i, longest_valid_labels(i)), discovery) for i in (1, 2)]
+    for entry in entries:
+        assert entry.parsed.skips == ()
+        assert all(len(h) in (9, 253) for h in entry.parsed.services[0].hosts)
+    assert [len(e.parsed.services) for e in entries] == [1, 32, 32]
+    model = build_model(entries, discovery, NGINX, frozenset({"front"}))
+    assert len(model.hosts) == 1 + 2 * (100 + 31)
+    nginx_dir, haproxy_dir = tmp_path / "nginx", tmp_path / "haproxy"
+    for folder, template, target in (
+        (nginx_dir, NGINX_TEMPLATE, NGINX),
+        (haproxy_dir, HAPROXY_TEMPLATE, HAPROXY),
+    ):
+        left_out: list[str] = []
+        text = render(template, model, target, left_out=left_out)
+        assert left_out == []
+        folder.mkdir()
+        (folder / "out.conf").write_text(text)
+    nginx_test(nginx_dir, nginx_dir / "out.conf")
+    haproxy_check(haproxy_dir / "out.conf")
 
 
 scalars = (

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 
 from lbsync.config import DiscoveryConfig
+from lbsync.hosts import host_allowed
 from lbsync.labels import (
     AMBIGUOUS_PORT,
+    HOST_NOT_ALLOWED,
     INVALID_LABEL,
     NO_HOST,
     NO_PORT,
@@ -38,6 +40,20 @@ UPDATE_GOLDEN = os.environ.get("LBSYNC_UPDATE_GOLDEN") == "1"
 LONG_LABEL = "a" * 63
 HOST_253 = ".".join([LONG_LABEL, LONG_LABEL, LONG_LABEL, "a" * 61])  # 63*3 + 61 + 3 dots
 assert len(HOST_253) == 253
+HOST_251 = HOST_253[2:]
+HOSTS_100 = ",".join(f"h{i}.test" for i in range(100))
+PATH_1024 = "/" + "p" * 1023
+
+
+def many_services(count: int) -> dict[str, str]:
+    """Keyword labels for `on`: services s00, s01, ... each with its own host, port 80."""
+    width = len(str(count - 1))
+    out: dict[str, str] = {}
+    for i in range(count):
+        name = f"s{i:0{width}}"
+        out[f"{name}__host"] = f"{name}.test"
+        out[f"{name}__port"] = "80"
+    return out
 
 
 def make(
@@ -125,6 +141,7 @@ def bad_host(value: str, reason: str = INVALID_LABEL) -> Case:
 
 
 NP = {"compat": "nginx-proxy"}
+ALLOW = {"hosts": ("a.test", "*.example.com")}
 
 CASES: dict[str, Case] = {
     # enable / exposed_by_default
@@ -176,7 +193,9 @@ CASES: dict[str, Case] = {
     "host-digits-and-hyphen": Case(on(host="1-a.b2.test", port="80"), (svc("1-a.b2.test"),)),
     "host-label-63": Case(on(host=LONG_LABEL + ".test", port="80"), (svc(LONG_LABEL + ".test"),)),
     "host-total-253": Case(on(host=HOST_253, port="80"), (svc(HOST_253),)),
-    "host-wildcard-253": Case(on(host="*." + HOST_253, port="80"), (svc("*." + HOST_253),)),
+    # 253 characters with the `*.`: `*.X` matches only names longer than X.
+    "host-wildcard-253": Case(on(host="*." + HOST_251, port="80"), (svc("*." + HOST_251),)),
+    "host-wildcard-255": bad_host("*." + HOST_253),
     "host-missing": Case(on(port="80"), skips=(NO_HOST,)),
     "host-empty": bad_host("", NO_HOST),
     "host-only-commas": bad_host(" , ,", NO_HOST),
@@ -213,6 +232,13 @@ CASES: dict[str, Case] = {
     "host-trailing-wildcard": bad_host("app.*", UNSUPPORTED_HOST),
     "host-one-bad-entry-skips-all": bad_host("a.test,b c.test,c.test"),
     "host-overlong": bad_host("a" * 5000),
+    "host-overlong-labels": bad_host(".".join(["a" * 63] * 80)),
+    "hosts-100": Case(on(host=HOSTS_100, port="80"), (svc(HOSTS_100),)),
+    "hosts-101": bad_host(HOSTS_100 + ",h100.test"),
+    "hosts-100-with-duplicates": Case(
+        on(host=HOSTS_100 + ",h0.test,H1.test, ,", port="80"), (svc(HOSTS_100),)
+    ),
+    "hosts-10000": bad_host(",".join(f"h{i}.test" for i in range(10_000))),
     # port
     "port-explicit": Case(on(host="a.test", port="8080"), (svc("a.test", 8080),)),
     "port-1": Case(on(host="a.test", port="1"), (svc("a.test", 1),)),
@@ -259,14 +285,20 @@ CASES: dict[str, Case] = {
     "path-backslash": bad(path="/a\\b"),
     "path-unicode": bad(path="/ä"),
     "path-regex": bad(path="~ ^/api"),
+    "path-1024": Case(
+        on(host="a.test", port="80", path=PATH_1024), (svc("a.test", path=PATH_1024),)
+    ),
+    "path-1025": bad(path=PATH_1024 + "x"),
+    "path-5001": bad(path="/" + "a" * 5000),
     # upstream
     "upstream-explicit": Case(
         on(host="a.test", port="80", upstream="My.app-1_x"), (svc("a.test", upstream="My.app-1_x"),)
     ),
-    "upstream-128": Case(
-        on(host="a.test", port="80", upstream="u" * 128), (svc("a.test", upstream="u" * 128),)
+    "upstream-64": Case(
+        on(host="a.test", port="80", upstream="u" * 64), (svc("a.test", upstream="u" * 64),)
     ),
-    "upstream-129": bad(upstream="u" * 129),
+    "upstream-65": bad(upstream="u" * 65),
+    "upstream-overlong": bad(upstream="u" * 5000),
     "upstream-leading-hyphen": bad(upstream="-app"),
     "upstream-leading-dot": bad(upstream=".app"),
     "upstream-empty": bad(upstream=""),
@@ -375,6 +407,31 @@ CASES: dict[str, Case] = {
     "named-unicode-name": Case(on(wéb__host="a.test", wéb__port="80"), skips=(INVALID_LABEL,)),
     "named-hostile-name": Case(
         {"lbsync.enable": "true", "lbsync.w;b.host": "a.test"}, skips=(INVALID_LABEL,)
+    ),
+    "named-name-64": Case(
+        on(**{"n" * 64 + "__host": "a.test", "n" * 64 + "__port": "80"}),
+        (svc("a.test", name="n" * 64),),
+    ),
+    "named-name-65": Case(
+        on(**{"n" * 65 + "__host": "a.test", "n" * 65 + "__port": "80"}), skips=(INVALID_LABEL,)
+    ),
+    "named-name-overlong": Case(
+        on(**{"n" * 5000 + "__host": "a.test", "n" * 5000 + "__port": "80"}),
+        skips=(INVALID_LABEL,),
+    ),
+    "services-32": Case(
+        on(host="a.test", port="80", **many_services(31)),
+        (svc("a.test"), *(svc(f"s{i:02}.test", name=f"s{i:02}") for i in range(31))),
+    ),
+    "services-33-the-last-skipped": Case(
+        on(host="a.test", port="80", **many_services(32)),
+        (svc("a.test"), *(svc(f"s{i:02}.test", name=f"s{i:02}") for i in range(31))),
+        skips=(INVALID_LABEL,),
+    ),
+    "services-1000-one-warning": Case(
+        on(**many_services(1000)),
+        tuple(svc(f"s{i:03}.test", name=f"s{i:03}") for i in range(32)),
+        skips=(INVALID_LABEL,),
     ),
     "named-port-ambiguous": Case(
         on(web__host="a.test"), skips=(AMBIGUOUS_PORT,), exposed=(80, 443)
@@ -493,6 +550,47 @@ CASES: dict[str, Case] = {
         {}, enabled=False, env={"VIRTUAL_HOST": " , "}, discovery=NP
     ),
     "compat-off-env-ignored": Case({}, enabled=False, env={"VIRTUAL_HOST": "a.test"}),
+    # discovery.hosts (SPEC §1): one host outside skips the service, others stay
+    "allow-exact": Case(on(host="A.test", port="80"), (svc("a.test"),), discovery=ALLOW),
+    "allow-wildcard-child": Case(
+        on(host="a.example.com,x.y.example.com", port="80"),
+        (svc("a.example.com,x.y.example.com"),),
+        discovery=ALLOW,
+    ),
+    "allow-wildcard-itself": Case(
+        on(host="*.example.com", port="80"), (svc("*.example.com"),), discovery=ALLOW
+    ),
+    "allow-narrower-wildcard": Case(
+        on(host="*.a.example.com", port="80"), (svc("*.a.example.com"),), discovery=ALLOW
+    ),
+    "allow-outside": Case(on(host="b.test", port="80"), skips=(HOST_NOT_ALLOWED,), discovery=ALLOW),
+    "allow-one-outside-skips-the-service": Case(
+        on(host="a.test,b.test", port="80"), skips=(HOST_NOT_ALLOWED,), discovery=ALLOW
+    ),
+    "allow-parent-of-wildcard-not-allowed": Case(
+        on(host="example.com", port="80"), skips=(HOST_NOT_ALLOWED,), discovery=ALLOW
+    ),
+    "allow-wider-wildcard-not-allowed": Case(
+        on(host="*.com", port="80"), skips=(HOST_NOT_ALLOWED,), discovery=ALLOW
+    ),
+    "allow-suffix-without-dot-not-allowed": Case(
+        on(host="evilexample.com", port="80"), skips=(HOST_NOT_ALLOWED,), discovery=ALLOW
+    ),
+    "allow-exact-has-no-children": Case(
+        on(host="x.a.test", port="80"), skips=(HOST_NOT_ALLOWED,), discovery=ALLOW
+    ),
+    "allow-named-service-alone-skipped": Case(
+        on(host="a.test", port="80", web__host="evil.test", web__port="80"),
+        (svc("a.test"),),
+        skips=(HOST_NOT_ALLOWED,),
+        discovery=ALLOW,
+    ),
+    "allow-compat-env": Case(
+        {}, skips=(HOST_NOT_ALLOWED,), env={"VIRTUAL_HOST": "b.test"}, discovery={**NP, **ALLOW}
+    ),
+    "allow-null-is-any": Case(
+        on(host="b.test", port="80"), (svc("b.test"),), discovery={"hosts": None}
+    ),
     "compat-named-services-get-no-port-80": Case(
         {"lbsync.web.host": "w.test"},
         (svc("a.test"),),
@@ -520,6 +618,7 @@ def test_parse_table(case: Case) -> None:
         )
         assert skip.container.name == "web-1"
         assert skip.container.id == container.id
+        assert len(skip.detail) < 500, "long values and keys are cut"
 
 
 HOSTILE = [
@@ -609,10 +708,52 @@ def test_invalid_network_skips_every_service() -> None:
         ("a" * 64, False),
         (HOST_253, True),
         ("a" + HOST_253, False),
+        ("*." + HOST_251, True),
+        ("*." + HOST_253, False),  # 255 characters
     ],
 )
 def test_is_valid_host(host: str, valid: bool) -> None:
     assert is_valid_host(host) is valid
+
+
+@pytest.mark.parametrize(
+    ("host", "allowlist", "allowed"),
+    [
+        ("a.test", ("a.test",), True),
+        ("b.test", ("a.test",), False),
+        ("x.a.test", ("a.test",), False),  # an exact entry allows that name only
+        ("*.a.test", ("a.test",), False),
+        ("a.example.com", ("*.example.com",), True),
+        ("a.b.example.com", ("*.example.com",), True),  # any depth, as nginx's *.
+        ("*.example.com", ("*.example.com",), True),  # the same set of names
+        ("*.b.example.com", ("*.example.com",), True),  # a subset
+        ("example.com", ("*.example.com",), False),  # list it too
+        ("*.com", ("*.example.com",), False),  # a superset
+        ("badexample.com", ("*.example.com",), False),
+        ("example.com.evil.test", ("*.example.com",), False),
+        ("b.test", ("a.test", "*.example.com", "b.test"), True),
+        ("a.test", (), False),
+    ],
+)
+def test_host_allowed(host: str, allowlist: tuple[str, ...], allowed: bool) -> None:
+    assert host_allowed(host, allowlist) is allowed
+
+
+def test_host_not_allowed_warning_reads_as_documented() -> None:
+    parsed = parse_services(
+        make(on(host="a.test,evil.test", port="80")), DiscoveryConfig(hosts=("a.test",))
+    )
+    (skip,) = parsed.skips
+    assert skip.detail == (
+        "container web-1: label lbsync.host: host 'evil.test' is not allowed by "
+        "discovery.hosts; service skipped"
+    )
+
+
+def test_a_new_allowlist_is_not_answered_from_the_memo() -> None:
+    container = make(on(host="b.test", port="80"))
+    assert parse_services(container, DiscoveryConfig()).services
+    assert not parse_services(container, DiscoveryConfig(hosts=("a.test",))).services
 
 
 def test_services_sorted_by_name_default_first() -> None:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import shutil
+import string
 import subprocess
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from lbsync.config import DiscoveryConfig
+from lbsync.labels import parse_services
+from lbsync.model import Container
 from lbsync.quoting import NGINX_MAX_TOKEN_BYTES, UnsafeValueError, haproxy_quote, nginx_quote
+from lbsync.routing import derived_upstream_name, explicit_upstream_name
 from tests.lab import free_port
 from tests.test_render import nginx_prefix_config, nginx_test, require_nginx, running
 
@@ -117,6 +125,87 @@ def test_error_names_the_value_and_shortens_long_ones() -> None:
 def test_longest_nginx_token_is_accepted() -> None:
     assert nginx_quote("a" * NGINX_MAX_TOKEN_BYTES) == "a" * NGINX_MAX_TOKEN_BYTES
     assert nginx_quote("\\" * (NGINX_MAX_TOKEN_BYTES // 2)).startswith('"\\\\')
+
+
+# --- every value the label grammar accepts, the quoting filters accept -------------------
+#
+# So a builtin template never leaves out a service (lbsync.render) for a value that passed
+# the labels: the grammar's bounds (SPEC §1) keep each within the filters' limits.
+
+DNS_LABEL = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=63)
+grammar_hosts = st.builds(
+    lambda star, labels: ("*." if star else "") + ".".join(labels),
+    st.booleans(),
+    st.lists(DNS_LABEL | st.just("a" * 63), min_size=1, max_size=6),
+)
+grammar_paths = st.builds(
+    lambda rest: "/" + rest,
+    st.text(alphabet=string.ascii_letters + string.digits + "._~%/-", max_size=1100)
+    | st.just("%" * 1023),
+)
+grammar_names = st.text(
+    alphabet=string.ascii_letters + string.digits + "_.-", min_size=1, max_size=70
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(grammar_hosts, min_size=1, max_size=3),
+    grammar_paths,
+    grammar_names,
+    st.text(alphabet=string.ascii_lowercase + string.digits + "_-", min_size=1, max_size=70),
+)
+def test_every_value_the_grammar_accepts_is_quotable(
+    hosts: list[str], path: str, upstream: str, service: str
+) -> None:
+    labels = {
+        "lbsync.enable": "true",
+        "lbsync.host": ",".join(hosts),
+        "lbsync.port": "80",
+        "lbsync.path": path,
+        "lbsync.upstream": upstream,
+        f"lbsync.{service}.host": hosts[0],
+        f"lbsync.{service}.port": "81",
+        f"lbsync.{service}.path": path,
+    }
+    container = Container("c" * 64, "web-1", 1, MappingProxyType(labels))
+    parsed = parse_services(container, DiscoveryConfig())
+    for found in parsed.services:
+        names = [derived_upstream_name(h, found.path) for h in found.hosts]
+        names += [derived_upstream_name(h, found.path, full_hash=True) for h in found.hosts]
+        if found.upstream is not None:
+            names.append(explicit_upstream_name(found.upstream))
+        values = [*found.hosts, found.path, found.name or "x", *names]
+        values += ["http://" + name for name in names]  # builtin:nginx's proxy_pass
+        values += [h[1:] for h in found.hosts if h.startswith("*.")]  # builtin:haproxy's -m end
+        for value in values:
+            nginx_quote(value)  # raises UnsafeValueError if not
+            haproxy_quote(value)
+
+
+def test_the_longest_values_the_grammar_accepts_are_quotable() -> None:
+    host = "*." + ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 59])  # 253 characters
+    path = "/" + "%" * 1023
+    upstream = "U" * 64
+    labels = {
+        "lbsync.enable": "true",
+        "lbsync.host": host,
+        "lbsync.port": "80",
+        "lbsync.path": path,
+        "lbsync.upstream": upstream,
+        f"lbsync.{'n' * 64}.host": host,
+        f"lbsync.{'n' * 64}.port": "80",
+    }
+    container = Container("c" * 64, "web-1", 1, MappingProxyType(labels))
+    parsed = parse_services(container, DiscoveryConfig())
+    assert parsed.skips == ()
+    assert [(s.name, s.hosts, s.path, s.upstream) for s in parsed.services] == [
+        ("", (host,), path, upstream),
+        ("n" * 64, (host,), "/", None),
+    ]
+    for value in (host, path, "http://" + explicit_upstream_name(upstream), "n" * 64):
+        assert nginx_quote(value) == value  # bare: every grammar character is plain
+        assert haproxy_quote(value) == value
 
 
 # --- the real parsers --------------------------------------------------------------------

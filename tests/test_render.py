@@ -335,17 +335,118 @@ def test_server_names_hash_bucket_size(
     assert "bucket_size" not in render(nginx_template, short, target())
 
 
-def test_path_with_dollar_is_a_template_error(nginx_template: CompiledTemplate) -> None:
-    routing = model(host("web.example.com", ("/$uri", WEB)))
-    with pytest.raises(TemplateError, match=r"builtin:nginx, line \d+: .*'\$'") as info:
-        render(nginx_template, routing, target())
+# --- a value a quoting filter refuses: builtins leave that service out, not the file ------
+
+SHOP = ups("lbsync_shop_example_com_5e6f7a8b", srv("172.18.0.3", 3000, name="shop-1"))
+EVIL = ups("lbsync_evil_1a1a1a1a", srv("172.18.0.9", 80, name="evil"))
+
+
+def declares(name: str, hosts: tuple[str, ...], path: str = "/") -> DiscoveredContainer:
+    service = Service(name="", hosts=hosts, port=80, path=path)
+    return DiscoveredContainer(ref(name).id, name, {}, "none", (service,))
+
+
+def renders_as_daemon_and_cli(
+    template: CompiledTemplate, routing: RoutingModel, tgt: TargetConfig
+) -> tuple[str, list[str]]:
+    """`render` (the CLI) and `render_bytes` with a FragmentCache, twice (the daemon):
+    the same text each time, and the same services left out each time."""
+    left_out: list[str] = []
+    text = render(template, routing, tgt, left_out=left_out)
+    cache = FragmentCache()
+    for _ in range(2):  # a refused block is never reused as the empty text it stood for
+        again: list[str] = []
+        data = render_bytes(template, routing, tgt, fragments=cache, left_out=again)
+        assert data.decode() == text
+        assert again == left_out
+    return text, left_out
+
+
+def test_refused_path_leaves_out_only_its_route(
+    nginx_template: CompiledTemplate, tmp_path: Path
+) -> None:
+    routing = model(
+        host("web.example.com", ("/", WEB), ("/$uri", EVIL)),
+        host("shop.example.com", ("/", SHOP)),
+        containers=(declares("evil", ("web.example.com",), "/$uri"),),
+    )
+    text, left_out = renders_as_daemon_and_cli(nginx_template, routing, target())
+    without = model(host("web.example.com", ("/", WEB)), host("shop.example.com", ("/", SHOP)))
+    assert text == render(nginx_template, without, target())
+    assert "$uri" not in text and EVIL.name not in text
+    assert left_out == [
+        "service web.example.com/$uri (container evil) left out: cannot quote '/$uri' for "
+        "nginx: it contains '$', which nginx expands as a variable and cannot escape; the "
+        "rest of the file is written"
+    ]
+    out = tmp_path / "lbsync.conf"
+    out.write_text(text)
+    nginx_test(tmp_path, out)
+
+
+def test_overlong_path_leaves_out_only_its_route(nginx_template: CompiledTemplate) -> None:
+    # A path past nginx's 4,094-byte token limit (issue #17): the grammar stops it at 1,024
+    # characters; should one get through, its route goes and the target is still written.
+    long_path = "/" + "a" * 5000
+    routing = model(
+        host("web.example.com", ("/", WEB), (long_path, EVIL)),
+        containers=(declares("evil", ("web.example.com",), long_path),),
+    )
+    text, left_out = renders_as_daemon_and_cli(nginx_template, routing, target())
+    assert text == render(nginx_template, model(host("web.example.com", ("/", WEB))), target())
+    (sentence,) = left_out
+    assert sentence.startswith("service web.example.com/aaaa")
+    assert "(container evil) left out: " in sentence and "4094-byte token limit" in sentence
+    assert len(sentence) < 400
+
+
+def test_refused_host_name_leaves_out_the_host(nginx_template: CompiledTemplate) -> None:
+    bad_name = "a.test;\n}\nserver {"
+    routing = model(host(bad_name, ("/", EVIL)), host("shop.example.com", ("/", SHOP)))
+    text, left_out = renders_as_daemon_and_cli(nginx_template, routing, target())
+    assert text == render(nginx_template, model(host("shop.example.com", ("/", SHOP))), target())
+    assert left_out == [
+        "service 'a.test;\\n}\\nserver {/' left out: cannot quote 'a.test;\\n}\\nserver {' for "
+        "nginx: it contains a newline; the rest of the file is written"
+    ]
+
+
+def test_refused_upstream_leaves_out_every_route_to_it(nginx_template: CompiledTemplate) -> None:
+    shared = ups("lbsync_$shared", srv("172.18.0.9", 80, name="evil"))
+    routing = model(
+        host("a.example.com", ("/", shared)),
+        host("b.example.com", ("/", WEB), ("/x", shared)),
+        host("shop.example.com", ("/", SHOP)),
+    )
+    text, left_out = renders_as_daemon_and_cli(nginx_template, routing, target())
+    without = model(host("b.example.com", ("/", WEB)), host("shop.example.com", ("/", SHOP)))
+    assert text == render(nginx_template, without, target())
+    assert [s.split(" left out")[0] for s in left_out] == [
+        "service a.example.com/",
+        "service b.example.com/x",
+    ]
+
+
+def test_refusal_of_a_setting_fails_the_render(nginx_template: CompiledTemplate) -> None:
+    # Not one service's doing (the config validator refuses such a listen): every host
+    # would be refused, so the render fails and the last good file stays.
+    tgt = target(listen="80\nevil", default_server=False)
+    with pytest.raises(TemplateError, match="newline") as info:
+        render(nginx_template, model(host("shop.example.com", ("/", SHOP))), tgt)
     assert isinstance(info.value.__cause__, UnsafeValueError)
 
 
-def test_host_with_newline_is_a_template_error(nginx_template: CompiledTemplate) -> None:
-    routing = model(host("a.test;\n}\nserver {", ("/", WEB)))
-    with pytest.raises(TemplateError, match="newline"):
-        render(nginx_template, routing, target())
+def test_user_template_refusal_fails_the_whole_render(tmp_path: Path) -> None:
+    # A user template's blocks may depend on one another: no block is left out for it.
+    source = (
+        "# mine\n{% for h in hosts %}{% for r in h.routes %}\n"
+        "location {{ r.path | nginx_quote }};\n{% endfor %}{% endfor %}\n"
+    )
+    tgt = _user(tmp_path, source)
+    routing = model(host("web.example.com", ("/", WEB), ("/$uri", EVIL)))
+    with pytest.raises(TemplateError, match=r"user\.j2, line 3: .*'\$'") as info:
+        render(load_template(tgt), routing, tgt, left_out=[])
+    assert isinstance(info.value.__cause__, UnsafeValueError)
 
 
 def test_render_is_deterministic(nginx_template: CompiledTemplate) -> None:

@@ -410,7 +410,7 @@ def test_group_upstream_conflict_newest_wins() -> None:
     new = ctr("web-2", upstream="new_name", created=200, ip="172.20.0.3")
     model = build(new, old)
     (upstream,) = model.upstreams
-    assert upstream.name == "new_name"
+    assert upstream.name == "lbsync_new_name"
     assert [s.container.name for s in upstream.servers] == ["web-1", "web-2"]
     (warning,) = model.warnings
     assert warning == (
@@ -422,8 +422,8 @@ def test_group_upstream_conflict_newest_wins() -> None:
 def test_group_conflict_same_created_id_breaks_tie() -> None:
     a = ctr("web-1", upstream="aaa", created=5, id="a" * 64)
     b = ctr("web-2", upstream="bbb", created=5, id="b" * 64, ip="172.20.0.3")
-    assert build(a, b).upstreams[0].name == "bbb"
-    assert build(b, a).upstreams[0].name == "bbb"
+    assert build(a, b).upstreams[0].name == "lbsync_bbb"
+    assert build(b, a).upstreams[0].name == "lbsync_bbb"
 
 
 def test_group_balance_conflict() -> None:
@@ -457,7 +457,7 @@ def test_newest_wins_even_when_stopped() -> None:
         ctr("web-1", upstream="running_one", created=1),
         ctr("web-2", upstream="next_release", created=2, state="created"),
     )
-    assert model.upstreams[0].name == "next_release"
+    assert model.upstreams[0].name == "lbsync_next_release"
     assert servers(model) == [("web-1", "172.20.0.2", 80, 1)]
 
 
@@ -467,7 +467,7 @@ def test_agreeing_group_has_no_warning() -> None:
         ctr("web-2", upstream="app", balance="least_conn", ip="172.20.0.3"),
     )
     assert model.warnings == ()
-    assert [u.name for u in model.upstreams] == ["app"]
+    assert [u.name for u in model.upstreams] == ["lbsync_app"]
 
 
 def test_derived_upstream_name() -> None:
@@ -495,8 +495,26 @@ def test_derived_upstream_slug(host: str, slug: str) -> None:
 
 def test_explicit_upstream_used() -> None:
     model = build(ctr("web-1", upstream="shop"))
-    assert [u.name for u in model.upstreams] == ["shop"]
-    assert model.hosts[0].routes[0].upstream.name == "shop"
+    assert [u.name for u in model.upstreams] == ["lbsync_shop"]
+    assert model.hosts[0].routes[0].upstream.name == "lbsync_shop"
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        pytest.param("grafana", "lbsync_grafana", id="plain"),
+        pytest.param("My.app-1_x", "lbsync_My.app-1_x", id="every-char-kept"),
+        pytest.param("lbsync_x", "lbsync_lbsync_x", id="already-prefixed-still-prefixed"),
+        pytest.param("u" * 64, "lbsync_" + "u" * 64, id="longest"),
+    ],
+)
+def test_explicit_upstream_is_written_with_the_lbsync_prefix(value: str, name: str) -> None:
+    # SPEC §1: every name lbsync writes starts with lbsync_, so it never meets the
+    # operator's own upstreams (nginx) or backends (HAProxy).
+    model = build(ctr("web-1", upstream=value))
+    assert [u.name for u in model.upstreams] == [name]
+    assert model.hosts[0].routes[0].upstream.name == name
+    assert model.containers[0].services[0].upstream == value  # templates see the label value
 
 
 def test_explicit_upstream_claimed_by_two_groups_first_keeps_it() -> None:
@@ -505,10 +523,10 @@ def test_explicit_upstream_claimed_by_two_groups_first_keeps_it() -> None:
         ctr("web-a", "a.test", upstream="shared", ip="172.20.0.3"),
     )
     by_host = {h.name: h.routes[0].upstream.name for h in model.hosts}
-    assert by_host == {"a.test": "shared", "b.test": derived_upstream_name("b.test", "/")}
+    assert by_host == {"a.test": "lbsync_shared", "b.test": derived_upstream_name("b.test", "/")}
     (warning,) = model.warnings
     assert warning == (
-        f"group b.test/: upstream name 'shared' is already used by group a.test/; "
+        f"group b.test/: upstream name 'lbsync_shared' is already used by group a.test/; "
         f"using {derived_upstream_name('b.test', '/')!r}"
     )
 
@@ -516,7 +534,7 @@ def test_explicit_upstream_claimed_by_two_groups_first_keeps_it() -> None:
 def test_explicit_upstream_names_clash_ignoring_case() -> None:
     model = build(ctr("web-a", "a.test", upstream="App"), ctr("web-b", "b.test", upstream="app"))
     names = {h.name: h.routes[0].upstream.name for h in model.hosts}
-    assert names == {"a.test": "App", "b.test": derived_upstream_name("b.test", "/")}
+    assert names == {"a.test": "lbsync_App", "b.test": derived_upstream_name("b.test", "/")}
     assert len(model.warnings) == 1
 
 
@@ -525,17 +543,84 @@ def test_explicit_upstream_on_one_service_with_several_hosts_is_shared() -> None
         ctr("web-1", "a.test,www.a.test", upstream="site"),
         ctr("web-2", "a.test,www.a.test", upstream="site", ip="172.20.0.3"),
     )
-    assert [u.name for u in model.upstreams] == ["site"]
-    assert [h.routes[0].upstream.name for h in model.hosts] == ["site", "site"]
+    assert [u.name for u in model.upstreams] == ["lbsync_site"]
+    assert [h.routes[0].upstream.name for h in model.hosts] == ["lbsync_site", "lbsync_site"]
     assert model.warnings == ()
 
 
 def test_explicit_upstream_equal_to_a_derived_name_falls_back() -> None:
     taken = derived_upstream_name("a.test", "/")
-    model = build(ctr("web-1", "a.test"), ctr("web-2", "b.test", upstream=taken, ip="172.20.0.3"))
+    value = taken.removeprefix("lbsync_")  # written as lbsync_<value>: exactly `taken`
+    model = build(ctr("web-1", "a.test"), ctr("web-2", "b.test", upstream=value, ip="172.20.0.3"))
     names = {h.name: h.routes[0].upstream.name for h in model.hosts}
     assert names == {"a.test": taken, "b.test": derived_upstream_name("b.test", "/")}
-    assert len(model.warnings) == 1 and "derived name of another group" in model.warnings[0]
+    assert model.warnings == (
+        f"group b.test/: upstream name {taken!r} is the derived name of group a.test/; "
+        f"using {derived_upstream_name('b.test', '/')!r}",
+    )
+    # Upper case too: nginx compares upstream names ignoring case.
+    model = build(
+        ctr("web-1", "a.test"), ctr("web-2", "b.test", upstream=value.upper(), ip="172.20.0.3")
+    )
+    assert {h.name: h.routes[0].upstream.name for h in model.hosts} == names
+
+
+def test_explicit_upstream_equal_to_an_unused_derived_name_falls_back() -> None:
+    # a.test/ names its upstream itself, so its derived name is free; b.test's label picks
+    # exactly that name anyway. Neither group may end up with the other's name.
+    mine = derived_upstream_name("a.test", "/")
+    model = build(
+        ctr("web-1", "a.test", upstream="site"),
+        ctr("web-2", "b.test", upstream=mine.removeprefix("lbsync_"), ip="172.20.0.3"),
+    )
+    names = {h.name: h.routes[0].upstream.name for h in model.hosts}
+    assert names == {"a.test": "lbsync_site", "b.test": derived_upstream_name("b.test", "/")}
+    assert len(model.warnings) == 1
+
+
+def test_explicit_upstream_equal_to_its_own_derived_name_is_kept() -> None:
+    own = derived_upstream_name("a.test", "/")
+    model = build(ctr("web-1", "a.test", upstream=own.removeprefix("lbsync_")))
+    assert [u.name for u in model.upstreams] == [own]
+    assert model.warnings == ()
+
+
+# Two paths of one host whose derived names clash: the first 8 hex digits of SHA-1 of
+# "a.test/c23871" and "a.test/c57355" are equal (found by a birthday search in 0.1 s).
+CLASH_PATHS = ("/c23871", "/c57355")
+
+
+def test_clashing_derived_names_take_the_full_hash() -> None:
+    one, two = CLASH_PATHS
+    assert derived_upstream_name("a.test", one) == derived_upstream_name("a.test", two)
+    model = build(
+        ctr("victim", path=one), ctr("other", path=two, ip="172.20.0.3"), ctr("site", "b.test")
+    )
+    (host_a, host_b) = model.hosts
+    routes = {r.path: r.upstream for r in host_a.routes}
+    assert set(routes) == {one, two}, "each group keeps its route"
+    assert routes[one].name == derived_upstream_name("a.test", one, full_hash=True)
+    assert routes[two].name == derived_upstream_name("a.test", two, full_hash=True)
+    assert len(routes[one].name) == len("lbsync_a_test_") + 40
+    assert [s.container.name for s in routes[one].servers] == ["victim"]
+    assert [s.container.name for s in routes[two].servers] == ["other"]
+    # Groups that clash with nobody keep the short name.
+    assert host_b.routes[0].upstream.name == derived_upstream_name("b.test", "/")
+    assert len({u.name for u in model.upstreams}) == len(model.upstreams) == 3
+
+
+def test_explicit_upstream_equal_to_a_full_hash_name_falls_back() -> None:
+    one, two = CLASH_PATHS
+    full = derived_upstream_name("a.test", one, full_hash=True)
+    model = build(
+        ctr("victim", path=one),
+        ctr("other", path=two, ip="172.20.0.3"),
+        ctr("thief", "b.test", upstream=full.removeprefix("lbsync_"), ip="172.20.0.4"),
+    )
+    by_group = {(h.name, r.path): r.upstream for h in model.hosts for r in h.routes}
+    assert by_group[("a.test", one)].name == full
+    assert [s.container.name for s in by_group[("a.test", one)].servers] == ["victim"]
+    assert by_group[("b.test", "/")].name == derived_upstream_name("b.test", "/")
 
 
 def test_paths_make_separate_groups() -> None:

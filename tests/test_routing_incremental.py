@@ -21,7 +21,14 @@ from hypothesis import strategies as st
 from lbsync.config import DiscoveryConfig, LabelSelector, TargetConfig
 from lbsync.model import Container, NetworkAttachment, PublishedPort
 from lbsync.registry import Registry
-from lbsync.routing import EntryChanges, ModelBuilder, ParsedEntry, build_model, parse_entry
+from lbsync.routing import (
+    EntryChanges,
+    ModelBuilder,
+    ParsedEntry,
+    build_model,
+    derived_upstream_name,
+    parse_entry,
+)
 
 # HYPOTHESIS_PROFILE=long (README: the long hostile-input run) tries 10x more histories.
 EXAMPLES = 3000 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 300
@@ -31,8 +38,17 @@ DISCOVERY = DiscoveryConfig()
 # Small pools, so that random containers collide: shared names, hosts, paths, upstreams.
 NAMES = ["app-1", "app-2", "web", "api"]
 HOSTS = ["a.test", "b.test", "*.c.test"]
-PATHS = [None, "/", "/api", "/api/v1"]
-UPSTREAMS = [None, None, "shared", "SHARED", "lbsync_a_test_00000000"]
+# /c23871 and /c57355 of one host give one 8-hex derived name (tests/test_routing.py).
+PATHS = [None, "/", "/api", "/api/v1", "/c23871", "/c57355"]
+# The last ones are written as a.test/'s derived name, and as a.test/c23871's full-hash one.
+UPSTREAMS = [
+    None,
+    None,
+    "shared",
+    "SHARED",
+    derived_upstream_name("a.test", "/").removeprefix("lbsync_"),
+    derived_upstream_name("a.test", "/c23871", full_hash=True).removeprefix("lbsync_"),
+]
 BALANCES = [None, "least_conn", "ip_hash"]
 STATES = ["running", "running", "running", "exited", "created"]
 HEALTHS = ["none", "healthy", "unhealthy", "starting"]
@@ -267,3 +283,35 @@ def test_a_stopped_container_changes_only_its_upstream() -> None:
     for host in second.hosts:
         assert (host is by_name[host.name]) == (host.name != "shared.test")
     assert [s.reason for s in second.skips] == ["not_running"]
+
+
+def test_clashing_derived_names_incrementally() -> None:
+    # Two groups whose 8-hex names clash arrive one pass after the other, then one leaves:
+    # at each step both builders agree and no group's route goes to the other's upstream.
+    def at(name: str, path: str, ip: str) -> ParsedEntry:
+        labels = {"lbsync.enable": "true", "lbsync.host": "a.test", "lbsync.port": "80",
+                  "lbsync.path": path}  # fmt: skip
+        container = Container(
+            id=hashlib.sha256(name.encode()).hexdigest(),
+            name=name,
+            created_ns=1,
+            labels=MappingProxyType(labels),
+            networks=(NetworkAttachment("net", "id-net", ip),),
+        )
+        return parse_entry(container, DISCOVERY)
+
+    victim, other = at("victim", "/c23871", "172.20.0.2"), at("other", "/c57355", "172.20.0.3")
+    site = entry("site", "b.test", "172.20.0.4")
+    builder = ModelBuilder()
+    for entries in ([site, victim], [site, victim, other], [site, other], [site, victim, other]):
+        model = builder.build(entries, DISCOVERY, TARGET, frozenset())
+        assert model == build_model(entries, DISCOVERY, TARGET, frozenset())
+        routed = {
+            r.path: [s.container.name for s in r.upstream.servers]
+            for h in model.hosts
+            for r in h.routes
+            if h.name == "a.test"
+        }
+        want = {e.container.labels["lbsync.path"]: [e.container.name] for e in entries[1:]}
+        assert routed == want
+        assert len({u.name for u in model.upstreams}) == len(model.upstreams)
