@@ -18,7 +18,7 @@ in a temp dir, and measures, while the N run:
 
 For every container: from its engine event (`timeNano` of `start`; of the first `kill`/
 `die`/`stop` for a stop) to the output file written with the change (`write_atomic`, wrapped
-through `lbsync.daemon`'s reference), and to the reload sent and returned (`reload`, same);
+through `lbsync.daemon.daemon`'s reference), and to the reload sent and returned (`reload`, same);
 p50 and p99, also minus the debounce quiet window for starts (stops skip it by design).
 Per scenario: passes, writes and reloads, lbsync's CPU per event received
 (`time.process_time()` over the scenario, minus the instrumentation's own, divided by the
@@ -63,12 +63,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
-import lbsync.daemon as daemon_module
-from lbsync.commands import client_for
-from lbsync.config import Config, TargetConfig, parse_config
-from lbsync.daemon import Daemon
-from lbsync.docker_api import DockerClient, Event
-from lbsync.model import Container
+import lbsync.daemon.daemon as daemon_module
+from lbsync.cli.commands import client_for
+from lbsync.config.schema import Config, TargetConfig, parse_config
+from lbsync.daemon.daemon import Daemon
+from lbsync.engine.client import DockerClient, Event
+from lbsync.engine.container import Container
 from tests.lab import BACKEND_IMAGE, DOCKER, NGINX_CONF_DIR, NGINX_IMAGE, TEST_LABEL
 
 RUN_LABEL = "lbsync-run"

@@ -53,13 +53,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import lbsync.labels
-from lbsync.config import Config, DiscoveryConfig, TargetConfig, parse_config
-from lbsync.model import Container, NetworkAttachment, RoutingModel
-from lbsync.registry import Registry
-from lbsync.render import CompiledTemplate, FragmentCache, load_template, render_bytes
-from lbsync.routing import ModelBuilder
-from lbsync.selection import ProxyTracker
+import lbsync.model.labels
+from lbsync.apply.selection import ProxyTracker
+from lbsync.config.schema import Config, DiscoveryConfig, TargetConfig, parse_config
+from lbsync.engine.container import Container, NetworkAttachment
+from lbsync.model.routing import ModelBuilder
+from lbsync.model.types import RoutingModel
+from lbsync.render.templates import CompiledTemplate, FragmentCache, load_template, render_bytes
+from lbsync.state.registry import Registry
 
 #: name -> (hosts, containers per host)
 SCENARIOS: dict[str, tuple[int, int]] = {
@@ -158,8 +159,8 @@ def make_config(output_dir: Path, template: str = "builtin:nginx") -> Config:
 
 def clear_parse_memo() -> None:
     """Forget `parse_services` results memoized by earlier runs (a private memo of
-    lbsync.labels; absent in other versions, then nothing to clear)."""
-    memo = getattr(lbsync.labels, "_PARSE_CACHE", None)
+    lbsync.model.labels; absent in other versions, then nothing to clear)."""
+    memo = getattr(lbsync.model.labels, "_PARSE_CACHE", None)
     if isinstance(memo, dict):
         memo.clear()
 

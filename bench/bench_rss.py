@@ -732,7 +732,7 @@ def remove_all(fleet: Fleet) -> None:
 
 #: What `lbsync run` imports before it reads its config, then its own peak RSS.
 FLOOR_SCRIPT = (
-    "import lbsync.cli, lbsync.daemon\n"
+    "import lbsync.cli.main, lbsync.daemon.daemon\n"
     "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))"
 )
 

@@ -34,13 +34,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lbsync.config import DiscoveryConfig, TargetConfig
-from lbsync.docker_api import DockerClient, Event, resolve_endpoint
-from lbsync.registry import Registry
-from lbsync.render import load_template, render
-from lbsync.routing import build_model
-from lbsync.swarm import node_addresses, service_containers, tasks_by_service
-from lbsync.watcher import CURRENT_TASKS, subscribed_events
+from lbsync.config.schema import DiscoveryConfig, TargetConfig
+from lbsync.engine.client import DockerClient, Event, resolve_endpoint
+from lbsync.engine.swarm import node_addresses, service_containers, tasks_by_service
+from lbsync.model.routing import build_model
+from lbsync.render.templates import load_template, render
+from lbsync.state.registry import Registry
+from lbsync.state.watcher import CURRENT_TASKS, subscribed_events
 from tests.lab import BACKEND_IMAGE, wait_for
 from tests.test_swarm import SwarmEngine
 

@@ -1,6 +1,6 @@
 """`python -m lbsync ...`: the `lbsync` command, for a checkout that is not installed."""
 
-from lbsync.cli import main
+from lbsync.cli.main import main
 
 if __name__ == "__main__":
     main()

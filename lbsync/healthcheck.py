@@ -19,7 +19,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
-from lbsync.config import ConfigError, ServerConfig, load_config
+from lbsync.config.schema import ConfigError, ServerConfig, load_config
 
 URL_ENV_VAR = "LBSYNC_HEALTHCHECK_URL"
 TIMEOUT = 3.0

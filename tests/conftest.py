@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from lbsync.docker_api import DockerClient, resolve_endpoint
+from lbsync.engine.client import DockerClient, resolve_endpoint
 from tests.fake_engine import FakeEngine
 
 if TYPE_CHECKING:

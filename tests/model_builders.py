@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from lbsync.model import (
+from lbsync.model.types import (
     ContainerRef,
     DiscoveredContainer,
     Host,

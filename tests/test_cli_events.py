@@ -14,9 +14,9 @@ from typing import IO
 
 import pytest
 
-from lbsync.commands import format_event
-from lbsync.config import DiscoveryConfig
-from lbsync.docker_api import Event
+from lbsync.cli.commands import format_event
+from lbsync.config.schema import DiscoveryConfig
+from lbsync.engine.client import Event
 from tests.lab import Lab, free_port, try_http_get, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

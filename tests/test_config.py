@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lbsync.config import (
+from lbsync.config.schema import (
     Config,
     ConfigError,
     DebounceConfig,

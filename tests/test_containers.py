@@ -1,15 +1,15 @@
-"""`lbsync.containers`: what lbsync keeps of an inspect answer (pure, no engine)."""
+"""`lbsync.engine.inspect`: what lbsync keeps of an inspect answer (pure, no engine)."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-import lbsync.containers as containers
-from lbsync import labels
-from lbsync.config import DiscoveryConfig
-from lbsync.containers import KEPT_ENV, container_from_inspect, kept_env, shared
-from lbsync.model import EMPTY_MAPPING
+import lbsync.engine.inspect as containers
+from lbsync.config.schema import DiscoveryConfig
+from lbsync.engine.container import EMPTY_MAPPING
+from lbsync.engine.inspect import KEPT_ENV, container_from_inspect, kept_env, shared
+from lbsync.model import labels
 
 INSPECT: dict[str, Any] = {
     "Id": "a" * 64,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lbsync.debounce import BURST_GAP, Debouncer, Schedule
+from lbsync.daemon.debounce import BURST_GAP, Debouncer, Schedule
 
 
 class Recorder:

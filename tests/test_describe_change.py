@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lbsync.daemon import _describe_change
-from lbsync.model import RoutingModel
+from lbsync.daemon.daemon import _describe_change
+from lbsync.model.types import RoutingModel
 from tests.model_builders import host, model, srv, ups
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from lbsync.docker_api import (
+from lbsync.engine.client import (
     MAX_API_VERSION,
     ApiVersionTooOld,
     Conflict,

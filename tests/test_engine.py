@@ -18,8 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from lbsync.containers import container_from_inspect, listing_agrees
-from lbsync.docker_api import (
+from lbsync.engine.client import (
     EXEC_OUTPUT_LIMIT,
     MAX_API_VERSION,
     MAX_EVENT_LINE,
@@ -30,7 +29,8 @@ from lbsync.docker_api import (
     NotFound,
     parse_version,
 )
-from lbsync.watcher import WATCHED_EVENTS
+from lbsync.engine.inspect import container_from_inspect, listing_agrees
+from lbsync.state.watcher import WATCHED_EVENTS
 from tests.lab import (
     TEST_LABEL,
     Lab,

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from lbsync import daemon as daemon_module
-from lbsync.config import load_config
-from lbsync.daemon import Daemon
-from lbsync.docker_api import DockerClient, resolve_endpoint
-from lbsync.filewatch import Inotify, open_change_signal
+from lbsync.config.schema import load_config
+from lbsync.daemon import daemon as daemon_module
+from lbsync.daemon.daemon import Daemon
+from lbsync.daemon.filewatch import Inotify, open_change_signal
+from lbsync.engine.client import DockerClient, resolve_endpoint
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify: Linux")
 

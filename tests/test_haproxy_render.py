@@ -29,10 +29,10 @@ from typing import Any
 
 import pytest
 
-from lbsync.config import TargetConfig
-from lbsync.haproxy import Slot, SlotView, assign_slots, runtime_commands, slot_view
-from lbsync.model import RoutingModel
-from lbsync.render import (
+from lbsync.config.schema import TargetConfig
+from lbsync.model.slots import Slot, SlotView, assign_slots, runtime_commands, slot_view
+from lbsync.model.types import RoutingModel
+from lbsync.render.templates import (
     CompiledTemplate,
     FragmentCache,
     load_template,

@@ -1,4 +1,4 @@
-"""HAProxy's master CLI and runtime API (lbsync/haproxy.py), against a real local haproxy in
+"""HAProxy's master CLI and runtime API (lbsync/apply/haproxy.py), against a real local haproxy in
 master-worker mode (`-W -db -S master.sock`, plus a `stats socket` from the builtin template)
 and against small fake sockets for the faults haproxy won't produce on demand.
 
@@ -20,27 +20,29 @@ from pathlib import Path
 
 import pytest
 
-from lbsync.haproxy import (
+from lbsync.apply.haproxy import (
     HAProxyCommandError,
     HAProxySocketError,
     ShowProc,
-    Slot,
-    SlotTable,
-    SlotView,
     apply_runtime,
-    assign_slots,
     master_command,
     master_reload,
     parse_show_proc,
     runtime_command,
-    runtime_commands,
     runtime_query,
     show_proc,
+)
+from lbsync.model.slots import (
+    Slot,
+    SlotTable,
+    SlotView,
+    assign_slots,
+    runtime_commands,
     slot_view,
     structure_key,
 )
-from lbsync.model import RoutingModel, Server
-from lbsync.render import CompiledTemplate, load_template
+from lbsync.model.types import RoutingModel, Server
+from lbsync.render.templates import CompiledTemplate, load_template
 from tests.lab import free_port
 from tests.model_builders import host, model, srv, ups
 from tests.test_haproxy_render import (

@@ -19,13 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lbsync.config import DiscoveryConfig, TargetConfig
-from lbsync.docker_api import Event, NotFound
-from lbsync.model import Container, NetworkAttachment, Service
-from lbsync.registry import Registry
-from lbsync.render import load_template, render
-from lbsync.routing import build_model, parse_entry
-from lbsync.watcher import Watcher
+from lbsync.config.schema import DiscoveryConfig, TargetConfig
+from lbsync.engine.client import Event, NotFound
+from lbsync.engine.container import Container, NetworkAttachment
+from lbsync.model.routing import build_model, parse_entry
+from lbsync.model.types import Service
+from lbsync.render.templates import load_template, render
+from lbsync.state.registry import Registry
+from lbsync.state.watcher import Watcher
 from tests.test_haproxy_render import haproxy_check
 from tests.test_render import nginx_test
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from lbsync.config import DiscoveryConfig
-from lbsync.hosts import host_allowed
-from lbsync.labels import (
+from lbsync.config.hosts import host_allowed
+from lbsync.config.schema import DiscoveryConfig
+from lbsync.engine.container import Container
+from lbsync.model.labels import (
     AMBIGUOUS_PORT,
     HOST_NOT_ALLOWED,
     INVALID_LABEL,
@@ -32,7 +33,7 @@ from lbsync.labels import (
     label_network,
     parse_services,
 )
-from lbsync.model import Container, Service
+from lbsync.model.types import Service
 
 GOLDEN_DIR = Path(__file__).parent / "testdata" / "labels"
 UPDATE_GOLDEN = os.environ.get("LBSYNC_UPDATE_GOLDEN") == "1"

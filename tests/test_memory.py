@@ -8,14 +8,14 @@ import textwrap
 
 import pytest
 
-from lbsync import memory
+from lbsync.daemon import memory
 
 # Frees a 4 MiB block (glibc would raise its threshold to that), then allocates 512 KiB and
 # says whether that block lies inside the main heap ([heap] in /proc/self/maps).
 PROBE = textwrap.dedent(
     """
     import sys
-    from lbsync.memory import fix_mmap_threshold
+    from lbsync.daemon.memory import fix_mmap_threshold
     if sys.argv[1] == "fixed":
         assert fix_mmap_threshold()
     big = bytes(4 * 1024 * 1024)
@@ -61,8 +61,8 @@ def test_startup_objects_leave_the_collectors_sight() -> None:
     script = textwrap.dedent(
         """
         import gc
-        import lbsync.commands, lbsync.daemon, lbsync.server
-        from lbsync import memory
+        import lbsync.cli.commands, lbsync.daemon.daemon, lbsync.web.server
+        from lbsync.daemon import memory
         moved = memory.freeze_startup_objects()
         left = len(gc.get_objects())
         print(moved, left)

@@ -28,12 +28,13 @@ from types import MappingProxyType
 
 import pytest
 
-from lbsync.config import DiscoveryConfig, TargetConfig
-from lbsync.model import Container, NetworkAttachment, RoutingModel
-from lbsync.registry import Registry
-from lbsync.render import CompiledTemplate, FragmentCache, load_template, render_bytes
-from lbsync.routing import ModelBuilder
-from lbsync.selection import ProxyTracker
+from lbsync.apply.selection import ProxyTracker
+from lbsync.config.schema import DiscoveryConfig, TargetConfig
+from lbsync.engine.container import Container, NetworkAttachment
+from lbsync.model.routing import ModelBuilder
+from lbsync.model.types import RoutingModel
+from lbsync.render.templates import CompiledTemplate, FragmentCache, load_template, render_bytes
+from lbsync.state.registry import Registry
 
 DISCOVERY = DiscoveryConfig()
 LIVE = 40  # containers that stay the whole time

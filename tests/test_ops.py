@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lbsync.render import builtin_template_dirs
+from lbsync.render.templates import builtin_template_dirs
 from tests.harness import REPO_ROOT, LbsyncHarness, MetricsSnapshot
 from tests.lab import Lab, free_port
 from tests.socket_proxy import ThreadedSocketProxy, short_socket_path

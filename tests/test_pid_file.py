@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from lbsync.config import ProxyConfig, TargetConfig
-from lbsync.docker_api import DockerClient, resolve_endpoint
-from lbsync.proxy import ReloadFailed, read_pid_file, reload
+from lbsync.apply.proxy import ReloadFailed, read_pid_file, reload
+from lbsync.config.schema import ProxyConfig, TargetConfig
+from lbsync.engine.client import DockerClient, resolve_endpoint
 from tests.test_render import nginx_prefix_config, require_nginx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -197,7 +197,7 @@ def test_a_real_nginx_is_reloaded_through_its_pid_file(tmp_path: Path) -> None:
 _RELOAD_AS_PID_1 = """
 import sys
 from pathlib import Path
-from lbsync.proxy import read_pid_file
+from lbsync.apply.proxy import read_pid_file
 from tests.test_pid_file import reload_by_pid_file
 
 pid_file = Path(sys.argv[1])

@@ -36,8 +36,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from lbsync.containers import container_from_inspect
-from lbsync.docker_api import (
+from lbsync.apply.proxy import pids_from_top
+from lbsync.engine.client import (
     MAX_API_VERSION,
     MIN_API_VERSION,
     ApiError,
@@ -49,8 +49,8 @@ from lbsync.docker_api import (
     ServerError,
     resolve_endpoint,
 )
-from lbsync.proxy import pids_from_top
-from lbsync.watcher import (
+from lbsync.engine.inspect import container_from_inspect
+from lbsync.state.watcher import (
     CONTAINER_ACTIONS,
     WATCHED_EVENTS,
     StreamEnd,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from lbsync.config import TargetConfig
-from lbsync.containers import container_from_inspect
-from lbsync.docker_api import DockerClient
-from lbsync.model import Container
-from lbsync.proxy import CheckOutcome, LeftOutReason, check_all, decide
+from lbsync.apply.proxy import CheckOutcome, LeftOutReason, check_all, decide
+from lbsync.config.schema import TargetConfig
+from lbsync.engine.client import DockerClient
+from lbsync.engine.container import Container
+from lbsync.engine.inspect import container_from_inspect
 from tests.lab import Lab, free_port
 
 pytestmark = pytest.mark.engine

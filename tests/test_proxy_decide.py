@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from lbsync.proxy import (
+from lbsync.apply.proxy import (
     CheckDecision,
     CheckOutcome,
     CheckResult,

@@ -14,11 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lbsync.config import DiscoveryConfig
-from lbsync.labels import parse_services
-from lbsync.model import Container
-from lbsync.quoting import NGINX_MAX_TOKEN_BYTES, UnsafeValueError, haproxy_quote, nginx_quote
-from lbsync.routing import derived_upstream_name, explicit_upstream_name
+from lbsync.config.schema import DiscoveryConfig
+from lbsync.engine.container import Container
+from lbsync.model.labels import parse_services
+from lbsync.model.routing import derived_upstream_name, explicit_upstream_name
+from lbsync.render.quoting import (
+    NGINX_MAX_TOKEN_BYTES,
+    UnsafeValueError,
+    haproxy_quote,
+    nginx_quote,
+)
 from tests.lab import free_port
 from tests.test_render import nginx_prefix_config, nginx_test, require_nginx, running
 

@@ -7,12 +7,12 @@ from types import MappingProxyType
 
 import pytest
 
-from lbsync import labels as labels_memo
-from lbsync.config import DiscoveryConfig
-from lbsync.docker_api import Event
-from lbsync.model import Container
-from lbsync.registry import CHANGE_LOG_SLACK, PARSE_MEMO_SLACK, STOPPING, Registry, is_serving
-from lbsync.watcher import Watcher, is_terminating_kill, signal_name
+from lbsync.config.schema import DiscoveryConfig
+from lbsync.engine.client import Event
+from lbsync.engine.container import Container
+from lbsync.model import labels as labels_memo
+from lbsync.state.registry import CHANGE_LOG_SLACK, PARSE_MEMO_SLACK, STOPPING, Registry, is_serving
+from lbsync.state.watcher import Watcher, is_terminating_kill, signal_name
 
 
 def make(cid: str = "a" * 64, **changes: object) -> Container:

@@ -23,15 +23,11 @@ from typing import Any
 import jinja2
 import pytest
 
-import lbsync.render
-from lbsync.config import TargetConfig
-from lbsync.model import (
-    DiscoveredContainer,
-    RoutingModel,
-    Service,
-)
-from lbsync.quoting import UnsafeValueError
-from lbsync.render import (
+import lbsync.render.templates
+from lbsync.config.schema import TargetConfig
+from lbsync.model.types import DiscoveredContainer, RoutingModel, Service
+from lbsync.render.quoting import UnsafeValueError
+from lbsync.render.templates import (
     CompiledTemplate,
     FragmentCache,
     TemplateError,
@@ -623,7 +619,7 @@ def test_remembered_verdicts_never_widen_the_sandbox(tmp_path: Path) -> None:
         "{% for n in vars.names %}{% set t.sum = t.sum + (ns | attr(n)) %}{% endfor %}{{ t.sum }}"
     )
     assert render(load_template(many), routing, many) == f"{sum(range(1000))}\n"
-    assert max(map(len, lbsync.render._SAFE_ATTRIBUTES.values())) <= 256
+    assert max(map(len, lbsync.render.templates._SAFE_ATTRIBUTES.values())) <= 256
 
 
 def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
@@ -666,7 +662,9 @@ def test_unknown_builtin() -> None:
 
 def test_builtin_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     installed, checkout = tmp_path / "pkg", tmp_path / "repo"
-    monkeypatch.setattr(lbsync.render, "builtin_template_dirs", lambda: (installed, checkout))
+    monkeypatch.setattr(
+        lbsync.render.templates, "builtin_template_dirs", lambda: (installed, checkout)
+    )
     haproxy = target(template="builtin:haproxy")
     with pytest.raises(TemplateError, match=r"builtin:haproxy: haproxy\.cfg\.j2 is not installed"):
         load_template(haproxy)
@@ -681,8 +679,8 @@ def test_builtin_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_builtin_dirs_are_the_package_then_the_checkout() -> None:
-    package_dir = Path(lbsync.render.__file__).resolve().parent
-    assert lbsync.render.builtin_template_dirs() == (
+    package_dir = Path(lbsync.__file__).resolve().parent
+    assert lbsync.render.templates.builtin_template_dirs() == (
         package_dir / "templates",
         package_dir.parent / "templates",
     )

@@ -16,19 +16,11 @@ from typing import Any
 
 import pytest
 
-from lbsync import routing
-from lbsync.config import DiscoveryConfig, LabelSelector, TargetConfig
-from lbsync.labels import INVALID_LABEL
-from lbsync.model import (
-    Container,
-    ContainerRef,
-    DiscoveredContainer,
-    NetworkAttachment,
-    PublishedPort,
-    RoutingModel,
-    Server,
-)
-from lbsync.routing import (
+from lbsync.config.schema import DiscoveryConfig, LabelSelector, TargetConfig
+from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
+from lbsync.model import routing
+from lbsync.model.labels import INVALID_LABEL
+from lbsync.model.routing import (
     NO_ADDRESS,
     NOT_HEALTHY,
     NOT_PUBLISHED,
@@ -38,6 +30,7 @@ from lbsync.routing import (
     derived_upstream_name,
     parse_entry,
 )
+from lbsync.model.types import ContainerRef, DiscoveredContainer, RoutingModel, Server
 
 GOLDEN_DIR = Path(__file__).parent / "testdata" / "routing"
 UPDATE_GOLDEN = os.environ.get("LBSYNC_UPDATE_GOLDEN") == "1"

@@ -18,10 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lbsync.config import DiscoveryConfig, LabelSelector, TargetConfig
-from lbsync.model import Container, NetworkAttachment, PublishedPort
-from lbsync.registry import Registry
-from lbsync.routing import (
+from lbsync.config.schema import DiscoveryConfig, LabelSelector, TargetConfig
+from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
+from lbsync.model.routing import (
     EntryChanges,
     ModelBuilder,
     ParsedEntry,
@@ -29,6 +28,7 @@ from lbsync.routing import (
     derived_upstream_name,
     parse_entry,
 )
+from lbsync.state.registry import Registry
 
 # HYPOTHESIS_PROFILE=long (README: the long hostile-input run) tries 10x more histories.
 EXAMPLES = 3000 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 300

@@ -1,4 +1,4 @@
-"""lbsync.proxy.run_local: the local `check_command`/`reload_command` runner."""
+"""lbsync.apply.proxy.run_local: the local `check_command`/`reload_command` runner."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lbsync.proxy import run_local
+from lbsync.apply.proxy import run_local
 
 
 def alive(pid: int) -> bool:

@@ -10,10 +10,10 @@ from types import MappingProxyType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lbsync.config import LabelSelector, ProxyConfig, TargetConfig
-from lbsync.model import Container
-from lbsync.registry import Registry
-from lbsync.selection import ProxyTracker, find_proxies
+from lbsync.apply.selection import ProxyTracker, find_proxies
+from lbsync.config.schema import LabelSelector, ProxyConfig, TargetConfig
+from lbsync.engine.container import Container
+from lbsync.state.registry import Registry
 
 BY_LABEL = TargetConfig(
     name="nginx",

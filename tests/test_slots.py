@@ -1,4 +1,4 @@
-"""Server slots for `reload: haproxy-runtime` (lbsync/haproxy.py): pure table tests.
+"""Server slots for `reload: haproxy-runtime` (lbsync/model/slots.py): pure table tests.
 
 assign_slots: a container keeps its slot while it lives, newcomers take the lowest free
 slots in model order, a full backend doubles, a removal frees its slot, the result is
@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lbsync.config import TargetConfig
-from lbsync.daemon import RuntimeSlots
-from lbsync.haproxy import (
+from lbsync.config.schema import TargetConfig
+from lbsync.daemon.daemon import RuntimeSlots
+from lbsync.model.slots import (
     BackendSlots,
     Slot,
     SlotTable,
@@ -29,8 +29,8 @@ from lbsync.haproxy import (
     slot_view,
     structure_key,
 )
-from lbsync.model import ContainerRef, Host, Route, RoutingModel, Server, Upstream
-from lbsync.render import FragmentCache, load_template, render
+from lbsync.model.types import ContainerRef, Host, Route, RoutingModel, Server, Upstream
+from lbsync.render.templates import FragmentCache, load_template, render
 
 # --- builders -------------------------------------------------------------------------------
 

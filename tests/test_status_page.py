@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from lbsync.config import load_config
-from lbsync.daemon import Daemon
-from lbsync.docker_api import DockerClient, resolve_endpoint
-from lbsync.model import ContainerRef, Host, Route, RoutingModel, Server, Skip, Upstream
-from lbsync.proxy import LeftOut, LeftOutReason
-from lbsync.server import make_app
-from lbsync.statuspage import STATIC_DIR, WEB_DIR
+from lbsync.apply.proxy import LeftOut, LeftOutReason
+from lbsync.config.schema import load_config
+from lbsync.daemon.daemon import Daemon
+from lbsync.engine.client import DockerClient, resolve_endpoint
+from lbsync.model.types import ContainerRef, Host, Route, RoutingModel, Server, Skip, Upstream
+from lbsync.web.server import make_app
+from lbsync.web.statuspage import STATIC_DIR, WEB_DIR
 from tests.conftest import IN_CI
 from tests.harness import REPO_ROOT, LbsyncHarness
 from tests.lab import Lab

@@ -1,4 +1,4 @@
-"""Swarm discovery without an engine: `lbsync.swarm` over golden JSON, the config key, and
+"""Swarm discovery without an engine: `lbsync.engine.swarm` over golden JSON, the config key, and
 the watcher's swarm half against a FAKE manager.
 
 The golden inputs in tests/testdata/swarm/ are the engine's own answers (Docker 20.10.24, API
@@ -23,13 +23,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from lbsync.config import ConfigError, DiscoveryConfig, TargetConfig, parse_config
-from lbsync.containers import KEPT_ENV
-from lbsync.docker_api import DockerClient
-from lbsync.model import Container, NetworkAttachment, PublishedPort
-from lbsync.registry import Registry, is_serving
-from lbsync.routing import build_model, parse_entry
-from lbsync.swarm import (
+from lbsync.config.schema import ConfigError, DiscoveryConfig, TargetConfig, parse_config
+from lbsync.engine.client import DockerClient
+from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
+from lbsync.engine.inspect import KEPT_ENV
+from lbsync.engine.swarm import (
     NO_RUNNING_TASK,
     NODE_HOST_MODE,
     STOPPING,
@@ -44,7 +42,9 @@ from lbsync.swarm import (
     task_container,
     task_container_id,
 )
-from lbsync.watcher import WATCHED_EVENTS, Change, Watcher
+from lbsync.model.routing import build_model, parse_entry
+from lbsync.state.registry import Registry, is_serving
+from lbsync.state.watcher import WATCHED_EVENTS, Change, Watcher
 from tests.fake_engine import FakeEngine
 
 DATA = Path(__file__).parent / "testdata" / "swarm"
@@ -652,8 +652,8 @@ async def test_a_kill_of_a_task_container_drains_its_task(
 async def test_tasks_are_listed_again_until_the_service_settles(
     manager: FakeManager, start: Callable[..., Running], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("lbsync.watcher.SETTLE_INTERVAL", 0.05)
-    monkeypatch.setattr("lbsync.watcher.SETTLE_MIN", 0.2)
+    monkeypatch.setattr("lbsync.state.watcher.SETTLE_INTERVAL", 0.05)
+    monkeypatch.setattr("lbsync.state.watcher.SETTLE_MIN", 0.2)
     vip = SERVICES["vipsvc"]
     manager.services = {vip["ID"]: vip}
     running = start()

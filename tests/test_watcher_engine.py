@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from lbsync.containers import container_from_inspect
-from lbsync.docker_api import DockerClient, Event
-from lbsync.model import Container
-from lbsync.registry import Registry
-from lbsync.watcher import Change, Watcher
+from lbsync.engine.client import DockerClient, Event
+from lbsync.engine.container import Container
+from lbsync.engine.inspect import container_from_inspect
+from lbsync.state.registry import Registry
+from lbsync.state.watcher import Change, Watcher
 from tests.lab import BACKEND_IMAGE, TEST_LABEL, Lab, bulky_labels, docker, free_port
 
 pytestmark = pytest.mark.engine

@@ -19,12 +19,12 @@ from typing import Any, cast
 
 import pytest
 
-from lbsync import watcher as watcher_module
-from lbsync.containers import container_from_inspect, parse_created
-from lbsync.docker_api import DockerClient, Event, NotFound
-from lbsync.model import Container, NetworkAttachment, PublishedPort
-from lbsync.registry import Registry, exited
-from lbsync.watcher import Change, Watcher
+from lbsync.engine.client import DockerClient, Event, NotFound
+from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
+from lbsync.engine.inspect import container_from_inspect, parse_created
+from lbsync.state import watcher as watcher_module
+from lbsync.state.registry import Registry, exited
+from lbsync.state.watcher import Change, Watcher
 
 CID = "c" * 64
 STARTED = "2026-11-28T05:00:01.123456789Z"  # StartedAt of the container's current run

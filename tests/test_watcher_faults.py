@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from lbsync.config import load_config
-from lbsync.daemon import Daemon
-from lbsync.docker_api import MAX_EVENT_LINE, DockerClient, Event
-from lbsync.registry import Registry
-from lbsync.server import make_app
-from lbsync.watcher import Change, Watcher
+from lbsync.config.schema import load_config
+from lbsync.daemon.daemon import Daemon
+from lbsync.engine.client import MAX_EVENT_LINE, DockerClient, Event
+from lbsync.state.registry import Registry
+from lbsync.state.watcher import Change, Watcher
+from lbsync.web.server import make_app
 from tests.fake_engine import FakeEngine, event_line
 
 CUT = b"<cut>"  # close the connection abruptly

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lbsync.writer import WriteError, create_temp, read_current, restore, write_atomic
+from lbsync.apply.writer import WriteError, create_temp, read_current, restore, write_atomic
 
 
 def test_new_file_gets_0644(tmp_path: Path) -> None:

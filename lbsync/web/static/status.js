@@ -101,7 +101,7 @@
     return el;
   }
 
-  // ---- the view (same as lbsync/statuspage.py page_view) -----------------------------------
+  // ---- the view (same as lbsync/web/statuspage.py page_view) -----------------------------------
 
   function pageView(doc, problems) {
     var hosts = {};

@@ -24,9 +24,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 if TYPE_CHECKING:
-    from lbsync.daemon import Daemon
+    from lbsync.daemon.daemon import Daemon
 
-WEB_DIR = Path(__file__).resolve().parent / "web"
+WEB_DIR = Path(__file__).resolve().parent
 STATIC_DIR = WEB_DIR / "static"
 TEMPLATE = "status.html.j2"
 POLL_INTERVAL_MS = 2000
@@ -162,7 +162,7 @@ def render_page(document: dict[str, Any], problems: list[str]) -> str:
 
 async def index(request: web.Request) -> web.Response:
     """`GET /`: the page, rendered from the same document `/status` serves."""
-    from lbsync.server import DAEMON_KEY, status_document
+    from lbsync.web.server import DAEMON_KEY, status_document
 
     daemon: Daemon = request.app[DAEMON_KEY]
     html = render_page(status_document(daemon), daemon.health_problems())

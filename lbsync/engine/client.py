@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from lbsync.containers import ListedContainer, listed_container
+from lbsync.engine.inspect import ListedContainer, listed_container
 
 #: The newest API version this client was written against; the engine may speak newer.
 MAX_API_VERSION: Final = (1, 47)

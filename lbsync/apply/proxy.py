@@ -1,10 +1,11 @@
 """The proxy side of a pass: check a written config, reload the proxy and confirm it.
 
-Finding the proxy is pure and lives in `lbsync.selection`. Checking and reloading are I/O: exec or
-signals through the Docker API, a signal to a pid from a pid file (a shared PID namespace),
-or a local command. Which proxy containers' checks count, and which are reloaded, when several
-match the target is the pure `decide` (SPEC §1: anyone who can start a container can label it
-as a proxy, so no single one may veto a file or stall the reloads of the others).
+Finding the proxy is pure and lives in `lbsync.apply.selection`. Checking and reloading are
+I/O: exec or signals through the Docker API, a signal to a pid from a pid file (a shared PID
+namespace), or a local command. Which proxy containers' checks count, and which are
+reloaded, when several match the target is the pure `decide` (SPEC §1: anyone who can start
+a container can label it as a proxy, so no single one may veto a file or stall the reloads
+of the others).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lbsync.config import TargetConfig
-from lbsync.docker_api import DockerClient, DockerError
-from lbsync.haproxy import HAProxySocketError, master_reload
-from lbsync.model import Container
-from lbsync.selection import signals_container
+from lbsync.apply.haproxy import HAProxySocketError, master_reload
+from lbsync.apply.selection import signals_container
+from lbsync.config.schema import TargetConfig
+from lbsync.engine.client import DockerClient, DockerError
+from lbsync.engine.container import Container
 
 CHECK_TIMEOUT = 60.0
 RELOAD_CONFIRM_TIMEOUT = 5.0

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from lbsync import __version__, statuspage
+from lbsync import __version__
+from lbsync.web import statuspage
 
 if TYPE_CHECKING:
-    from lbsync.daemon import Daemon
+    from lbsync.daemon.daemon import Daemon
 
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
 

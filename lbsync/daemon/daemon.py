@@ -28,28 +28,8 @@ from typing import Any, TypeVar
 import tenacity
 from prometheus_client import Counter
 
-from lbsync.config import Config, ConfigError, TargetConfig, load_config
-from lbsync.debounce import Debouncer
-from lbsync.docker_api import ApiVersionTooOld, DockerClient, Event, PermissionDenied
-from lbsync.filewatch import open_change_signal
-from lbsync.haproxy import (
-    BackendSlots,
-    HAProxySocketError,
-    SlotMap,
-    SlotTable,
-    SlottedUpstream,
-    StructureKey,
-    apply_runtime,
-    assign_backend,
-    backend_view,
-    hosts_structure,
-    runtime_commands,
-)
-from lbsync.labels import parse_services
-from lbsync.logs import current_pass, current_target, setup_logging
-from lbsync.metrics import Metrics
-from lbsync.model import Container, RoutingModel, Upstream
-from lbsync.proxy import (
+from lbsync.apply.haproxy import HAProxySocketError, apply_runtime
+from lbsync.apply.proxy import (
     GRACE,
     CheckDecision,
     LeftOut,
@@ -62,18 +42,38 @@ from lbsync.proxy import (
     reloads_containers,
     settle,
 )
-from lbsync.registry import Registry
-from lbsync.render import (
+from lbsync.apply.selection import ProxyTracker, is_proxy, uses_containers
+from lbsync.apply.writer import WriteError, read_current, restore, write_atomic
+from lbsync.config.schema import Config, ConfigError, TargetConfig, load_config
+from lbsync.daemon.debounce import Debouncer
+from lbsync.daemon.filewatch import open_change_signal
+from lbsync.daemon.logs import current_pass, current_target, setup_logging
+from lbsync.daemon.metrics import Metrics
+from lbsync.engine.client import ApiVersionTooOld, DockerClient, Event, PermissionDenied
+from lbsync.engine.container import Container
+from lbsync.model.labels import parse_services
+from lbsync.model.routing import NOT_HEALTHY, NOT_RUNNING, ModelBuilder
+from lbsync.model.slots import (
+    BackendSlots,
+    SlotMap,
+    SlotTable,
+    SlottedUpstream,
+    StructureKey,
+    assign_backend,
+    backend_view,
+    hosts_structure,
+    runtime_commands,
+)
+from lbsync.model.types import RoutingModel, Upstream
+from lbsync.render.templates import (
     CompiledTemplate,
     FragmentCache,
     TemplateError,
     load_template,
     render_bytes,
 )
-from lbsync.routing import NOT_HEALTHY, NOT_RUNNING, ModelBuilder
-from lbsync.selection import ProxyTracker, is_proxy, uses_containers
-from lbsync.watcher import Change, Watcher
-from lbsync.writer import WriteError, read_current, restore, write_atomic
+from lbsync.state.registry import Registry
+from lbsync.state.watcher import Change, Watcher
 
 log = logging.getLogger("lbsync")
 
@@ -805,7 +805,7 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; 0 then, 1 on permission denied or a too-old API."""
-        from lbsync.server import start_server
+        from lbsync.web.server import start_server
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

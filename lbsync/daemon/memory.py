@@ -18,7 +18,7 @@ import gc
 import logging
 import os
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lbsync.memory")
 
 #: mallopt's parameter number for the mmap threshold (malloc.h), and the value to fix it at:
 #: glibc's own initial threshold.

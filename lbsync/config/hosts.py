@@ -1,7 +1,7 @@
 """Host names as lbsync accepts them, and the `discovery.hosts` allowlist (SPEC §1, §3).
 
-Pure functions: the label parser (`lbsync.labels`) and the config validator
-(`lbsync.config`) share one grammar, so a host the config allows is always one a label may
+Pure functions: the label parser (`lbsync.model.labels`) and the config validator
+(`lbsync.config.schema`) share one grammar, so a host the config allows is always one a label may
 name, and the other way round.
 """
 

@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 
-from lbsync.config import LogConfig
+from lbsync.config.schema import LogConfig
 
 #: The pass and the target a log line belongs to, set by the daemon around its work, so
 #: every line of a pass says which one without each call site repeating it.

@@ -19,12 +19,12 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Final
 
-from lbsync.model import EMPTY_MAPPING, Container, NetworkAttachment, PublishedPort
+from lbsync.engine.container import EMPTY_MAPPING, Container, NetworkAttachment, PublishedPort
 
 _FRACTION = re.compile(r"\.(\d+)")
 
 #: The environment variables lbsync reads: nginx-proxy's, for `discovery.compat:
-#: nginx-proxy` (`lbsync.labels`). A container's environment is often the biggest part of
+#: nginx-proxy` (`lbsync.model.labels`). A container's environment is often the biggest part of
 #: its inspect answer (dozens of settings, secrets among them); the rest is never kept.
 KEPT_ENV: Final = frozenset({"VIRTUAL_HOST", "VIRTUAL_PORT", "VIRTUAL_PATH"})
 _KEPT_ENV_PREFIX: Final = "VIRTUAL_"

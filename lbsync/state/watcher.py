@@ -18,7 +18,7 @@ than the container's current run), is inspected, and an event for a container wh
 is running makes it inspected again.
 
 Swarm mode (`discovery.swarm`, on a manager): the stream also carries `service` and `node`
-events, and every full listing lists services, tasks and nodes too (`lbsync.swarm` turns them
+events, and every full listing lists services, tasks and nodes too (`lbsync.engine.swarm` turns them
 into containers). The engine emits no task events, so a service is looked up again (one
 inspect plus one list of its tasks) on its own events, on an event of one of its task
 containers on this node, and on node events; after such an event its tasks are listed every
@@ -41,14 +41,8 @@ from typing import Any
 
 import tenacity
 
-from lbsync.config import SwarmMode
-from lbsync.containers import (
-    ContainerParseError,
-    container_from_inspect,
-    listing_agrees,
-    parse_created,
-)
-from lbsync.docker_api import (
+from lbsync.config.schema import SwarmMode
+from lbsync.engine.client import (
     MAX_EVENT_LINE,
     ApiVersionTooOld,
     DockerClient,
@@ -58,9 +52,14 @@ from lbsync.docker_api import (
     PermissionDenied,
     StreamError,
 )
-from lbsync.model import Container
-from lbsync.registry import Registry, exited, is_serving
-from lbsync.swarm import (
+from lbsync.engine.container import Container
+from lbsync.engine.inspect import (
+    ContainerParseError,
+    container_from_inspect,
+    listing_agrees,
+    parse_created,
+)
+from lbsync.engine.swarm import (
     SERVICE_ID_LABEL,
     TASK_ID_LABEL,
     SwarmInfo,
@@ -76,6 +75,7 @@ from lbsync.swarm import (
     task_nodes,
     tasks_by_service,
 )
+from lbsync.state.registry import Registry, exited, is_serving
 
 log = logging.getLogger("lbsync.watcher")
 

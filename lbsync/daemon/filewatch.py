@@ -23,7 +23,7 @@ import struct
 from collections.abc import Iterable
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lbsync.filewatch")
 
 # <sys/inotify.h>
 IN_MODIFY = 0x00000002

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from lbsync.config import TargetConfig
-from lbsync.model import Container
+from lbsync.config.schema import TargetConfig
+from lbsync.engine.container import Container
 
 __all__ = [
     "ContainerFeed",

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from lbsync import __version__
-from lbsync.config import ConfigError, load_config
-from lbsync.docker_api import DockerError
+from lbsync.config.schema import ConfigError, load_config
+from lbsync.engine.client import DockerError
 
 EXIT_ENGINE = 1
 EXIT_CONFIG = 2
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("lbsync: invalid config\n" + "\n".join(lines), file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
 
-    from lbsync import commands
+    from lbsync.cli import commands
 
     try:
         if args.command == "events":

@@ -21,14 +21,13 @@ from dataclasses import fields
 from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
-from lbsync.config import DiscoveryConfig, LabelSelector, TargetConfig
-from lbsync.labels import ParsedContainer, parse_services
-from lbsync.model import (
-    Container,
+from lbsync.config.schema import DiscoveryConfig, LabelSelector, TargetConfig
+from lbsync.engine.container import Container, NetworkAttachment
+from lbsync.model.labels import ParsedContainer, parse_services
+from lbsync.model.types import (
     ContainerRef,
     DiscoveredContainer,
     Host,
-    NetworkAttachment,
     Route,
     RoutingModel,
     Server,
@@ -453,7 +452,7 @@ class ModelBuilder:
 
     Pure (no I/O): it keeps each container's contribution by the identity of its
     `ParsedEntry`, so a registry that hands back the same entry for an unchanged container
-    (as `lbsync.registry` does) gets only the changed containers and their (host, path)
+    (as `lbsync.state.registry` does) gets only the changed containers and their (host, path)
     groups recomputed. Unchanged hosts and upstreams come back as the very same objects, and
     a pass with nothing changed gets the previous `RoutingModel` itself; templates can cache
     by identity (`render_each`). A change of discovery settings, target selector or proxy

@@ -30,10 +30,10 @@ import jinja2
 import jinja2.sandbox
 
 import lbsync
-from lbsync.config import TargetConfig
-from lbsync.haproxy import with_slots
-from lbsync.model import Host, Route, RoutingModel, Upstream
-from lbsync.quoting import UnsafeValueError, haproxy_quote, nginx_quote
+from lbsync.config.schema import TargetConfig
+from lbsync.model.slots import with_slots
+from lbsync.model.types import Host, Route, RoutingModel, Upstream
+from lbsync.render.quoting import UnsafeValueError, haproxy_quote, nginx_quote
 
 __all__ = [
     "BUILTIN_TEMPLATES",

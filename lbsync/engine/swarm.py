@@ -55,8 +55,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
-from lbsync.containers import kept_env, parse_created
-from lbsync.model import Container, NetworkAttachment, PublishedPort
+from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
+from lbsync.engine.inspect import kept_env, parse_created
 
 SERVICE_ID_LABEL: Final = "com.docker.swarm.service.id"
 TASK_ID_LABEL: Final = "com.docker.swarm.task.id"

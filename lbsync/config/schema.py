@@ -16,7 +16,7 @@ from typing import Any, Final, Literal, cast
 
 import yaml
 
-from lbsync.hosts import is_valid_host
+from lbsync.config.hosts import is_valid_host
 
 CheckMode = Literal["exec", "command", "none"]
 ReloadMode = Literal["signal", "exec", "command", "haproxy-master", "haproxy-runtime", "none"]

@@ -15,7 +15,7 @@ Label keys under the prefix (`lbsync` by default):
 * `<prefix>.<name>.<key>` for named services, `<name>` matching `[a-z0-9_-]+` and not one of
   `RESERVED_NAMES`; named services inherit nothing from the default one;
 * `<prefix>.enable` and `<prefix>.network`, per container;
-* any other key under the prefix with one part (`lbsync.public`, `lbsync.proxy`) or three and
+* any other key under the prefix with one part (`lbsync.public`, `lbsync.apply.proxy`) or three and
   more parts is not ours and is ignored; `<prefix>.<name>.<unknown>` is a typo and skips
   service `<name>`.
 
@@ -36,9 +36,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
-from lbsync.config import DiscoveryConfig
-from lbsync.hosts import host_allowed, is_valid_host
-from lbsync.model import Container, ContainerRef, Service, Skip
+from lbsync.config.hosts import host_allowed, is_valid_host
+from lbsync.config.schema import DiscoveryConfig
+from lbsync.engine.container import Container
+from lbsync.model.types import ContainerRef, Service, Skip
 
 __all__ = [
     "AMBIGUOUS_PORT",

@@ -11,19 +11,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from lbsync.config import Config, DiscoveryConfig
-from lbsync.containers import container_from_inspect
-from lbsync.daemon import Daemon
-from lbsync.docker_api import DockerClient, Event, NotFound, resolve_endpoint
-from lbsync.labels import parse_services, show_label
-from lbsync.logs import setup_logging
-from lbsync.memory import fix_mmap_threshold, freeze_startup_objects
-from lbsync.model import RoutingModel, Service
-from lbsync.registry import Registry
-from lbsync.render import CompiledTemplate, TemplateError, load_template, render
-from lbsync.routing import build_model
-from lbsync.selection import find_proxies
-from lbsync.watcher import (
+from lbsync.apply.selection import find_proxies
+from lbsync.apply.writer import read_current
+from lbsync.config.schema import Config, DiscoveryConfig
+from lbsync.daemon.daemon import Daemon
+from lbsync.daemon.logs import setup_logging
+from lbsync.daemon.memory import fix_mmap_threshold, freeze_startup_objects
+from lbsync.engine.client import DockerClient, Event, NotFound, resolve_endpoint
+from lbsync.engine.inspect import container_from_inspect
+from lbsync.model.labels import parse_services, show_label
+from lbsync.model.routing import build_model
+from lbsync.model.types import RoutingModel, Service
+from lbsync.render.templates import CompiledTemplate, TemplateError, load_template, render
+from lbsync.state.registry import Registry
+from lbsync.state.watcher import (
     CONTAINER_ACTIONS,
     CONTAINER_EVENTS,
     REMOVED_ACTIONS,
@@ -31,7 +32,6 @@ from lbsync.watcher import (
     Watcher,
     subscribed_events,
 )
-from lbsync.writer import read_current
 
 
 class UserError(Exception):

@@ -11,10 +11,10 @@ import dataclasses
 from collections.abc import Iterable
 from types import MappingProxyType
 
-from lbsync.config import DiscoveryConfig
-from lbsync.labels import parse_memo_size, trim_parse_memo
-from lbsync.model import Container
-from lbsync.routing import EntryChanges, ParsedEntry, parse_entry
+from lbsync.config.schema import DiscoveryConfig
+from lbsync.engine.container import Container
+from lbsync.model.labels import parse_memo_size, trim_parse_memo
+from lbsync.model.routing import EntryChanges, ParsedEntry, parse_entry
 
 #: The state a container is shown in between a terminating signal and its `die`.
 STOPPING = "stopping"

@@ -1,0 +1,1 @@
+"""The command line: `lbsync run|render|check|events|version`."""

@@ -1,0 +1,1 @@
+"""Configuration: the schema, its parsing and validation, and the host grammar."""

@@ -1,0 +1,1 @@
+"""The daemon: debounced passes that carry each change from the registry to the proxy."""

@@ -1,0 +1,1 @@
+"""The routing model: labels parsed into services, grouped into hosts, routes and upstreams."""

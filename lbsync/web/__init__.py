@@ -1,0 +1,1 @@
+"""The web side: /healthz, /metrics, /status and the status page, from the daemon's snapshot."""
