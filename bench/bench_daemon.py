@@ -65,9 +65,9 @@ from typing import Any, cast
 
 import lbsync.daemon.daemon as daemon_module
 from lbsync.cli.commands import client_for
-from lbsync.config.schema import Config, TargetConfig, parse_config
+from lbsync.config.schema import Config, parse_config
 from lbsync.daemon.daemon import Daemon
-from lbsync.engine.client import DockerClient, Event
+from lbsync.engine.client import Event
 from lbsync.engine.container import Container
 from tests.lab import BACKEND_IMAGE, DOCKER, NGINX_CONF_DIR, NGINX_IMAGE, TEST_LABEL
 
@@ -85,7 +85,7 @@ PACES = (2.0, 1.5)  # seconds between paced single starts
 
 #: writes, reloads, passes, CPU seconds, events seen, instrumentation CPU ns, inspects
 Marks = tuple[int, int, int, float, int, int, int]
-ReloadFn = Callable[[DockerClient, TargetConfig, Sequence[Container]], Awaitable[None]]
+ReloadFn = Callable[..., Awaitable[None]]
 
 
 class BenchError(RuntimeError):
@@ -275,7 +275,10 @@ class Probe:
         # The daemon module's own references: what its passes call.
         names = vars(daemon_module)
         orig_write = cast(Callable[[Path, bytes], None], names["write_atomic"])
-        orig_reload = cast(ReloadFn, names["reload"])
+        # `reload` (a command, a pid file, HAProxy's master) and, where the daemon has it,
+        # `reload_container` (one proxy container); older daemons had `reload` only.
+        reload_names: list[str] = [n for n in ("reload", "reload_container") if n in names]
+        originals = {n: cast(ReloadFn, names[n]) for n in reload_names}
 
         def write_atomic(path: Path, data: bytes) -> None:
             orig_write(path, data)
@@ -287,17 +290,18 @@ class Probe:
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._poke)
 
-        async def reload(
-            client: DockerClient, target: TargetConfig, proxies: Sequence[Container]
-        ) -> None:
-            sent = time.time_ns()
-            ok = False
-            try:
-                await orig_reload(client, target, proxies)
-                ok = True
-            finally:
-                self.reloads.append(Reload(sent, time.time_ns(), ok))
-                self._poke()
+        def timed(orig_reload: ReloadFn) -> ReloadFn:
+            async def reload(*args: Any) -> None:
+                sent = time.time_ns()
+                ok = False
+                try:
+                    await orig_reload(*args)
+                    ok = True
+                finally:
+                    self.reloads.append(Reload(sent, time.time_ns(), ok))
+                    self._poke()
+
+            return reload
 
         orig_pass = daemon._pass
 
@@ -350,14 +354,15 @@ class Probe:
 
         setattr(client, "inspect_container", inspect_container)  # noqa: B010
         names["write_atomic"] = write_atomic
-        names["reload"] = reload
+        for name, orig in originals.items():
+            names[name] = timed(orig)
         setattr(daemon, "_pass", run_pass)  # noqa: B010 (a method: mypy refuses assignment)
         setattr(watcher, "_note", note)  # noqa: B010
         setattr(watcher, "_apply_inspected", apply_inspected)  # noqa: B010
 
         def undo() -> None:
             names["write_atomic"] = orig_write
-            names["reload"] = orig_reload
+            names.update(originals)
             for obj, name in (
                 (daemon, "_pass"),
                 (watcher, "_note"),
