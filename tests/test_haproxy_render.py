@@ -30,7 +30,13 @@ from typing import Any
 import pytest
 
 from lbsync.config.schema import TargetConfig
-from lbsync.model.slots import Slot, SlotView, assign_slots, runtime_commands, slot_view
+from lbsync.model.slots import (
+    RuntimeSlots,
+    Slot,
+    SlotView,
+    runtime_commands,
+    slot_server_name,
+)
 from lbsync.model.types import RoutingModel
 from lbsync.render.templates import (
     CompiledTemplate,
@@ -441,10 +447,9 @@ def fx_runtime_slots() -> Rendered:
         srv("172.18.0.8", name="web-00"),
         srv("fd00::3", 8443, name="web-2"),
     )
-    first = assign_slots(None, model(host("web.example.com", ("/", earlier))), 4)
+    first = RuntimeSlots.derive(None, model(host("web.example.com", ("/", earlier))), 4)
     routing = _runtime_model()
-    table = assign_slots(first, routing, 4)
-    return routing, runtime_target(), slot_view(table, routing)
+    return routing, runtime_target(), RuntimeSlots.derive(first, routing, 4).view
 
 
 def fx_stats_socket_without_slots() -> Rendered:
@@ -698,6 +703,21 @@ def test_runtime_slots_render_one_server_line_per_slot() -> None:
     for command in runtime_commands(empty, view):
         backend, server = command.split()[2].split("/")  # set server|weight B/S ...
         assert any(line.startswith(f"server {server} ") for line in servers[backend]), command
+
+
+def test_server_names_are_slot_server_names(haproxy_template: CompiledTemplate) -> None:
+    """The template spells the server names itself (`slot.name`, and `s{{ loop.index }}`
+    without slots): in every fixture, each backend's are slot_server_name(1), (2), ...:
+    the names runtime_commands address."""
+    named = {"slots": 0, "no slots": 0}
+    for name in sorted(FIXTURES):
+        routing, tgt, slots = FIXTURES[name]()
+        servers = _backend_servers(render_cfg(haproxy_template, routing, tgt, slots))
+        for backend, lines in servers.items():
+            expected = [slot_server_name(i) for i in range(1, len(lines) + 1)]
+            assert [line.split()[1] for line in lines] == expected, (name, backend)
+            named["no slots" if slots is None else "slots"] += len(lines)
+    assert all(named.values()), named  # both macros were seen
 
 
 def test_slots_none_renders_the_real_servers(haproxy_template: CompiledTemplate) -> None:

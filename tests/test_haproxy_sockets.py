@@ -32,15 +32,7 @@ from lbsync.apply.haproxy import (
     runtime_query,
     show_proc,
 )
-from lbsync.model.slots import (
-    Slot,
-    SlotTable,
-    SlotView,
-    assign_slots,
-    runtime_commands,
-    slot_view,
-    structure_key,
-)
+from lbsync.model.slots import RuntimeSlots, Slot, SlotTable, SlotView, runtime_commands
 from lbsync.model.types import RoutingModel, Server
 from lbsync.render.templates import CompiledTemplate, load_template
 from tests.lab import free_port
@@ -286,20 +278,27 @@ class Live:
     admin: Path
     config: Path
     template: CompiledTemplate
-    table: SlotTable
-    view: SlotView
-    model: RoutingModel
+    slots: RuntimeSlots
+
+    @property
+    def table(self) -> SlotTable:
+        return self.slots.table
+
+    @property
+    def view(self) -> SlotView:
+        return self.slots.view
 
     def write(self, routing: RoutingModel) -> tuple[list[str], bool]:
-        """One daemon-like pass: assign slots, render, write; returns the runtime commands
-        and whether the structure is unchanged (commands suffice, no reload)."""
-        table = assign_slots(self.table, routing, 2)
-        view = slot_view(table, routing)
-        same = structure_key(routing, table) == structure_key(self.model, self.table)
-        commands = runtime_commands(self.view, view) if same else []
+        """One daemon-like pass: derive the slots, render, write; returns the runtime
+        commands and whether the structure is unchanged (commands suffice, no reload)."""
+        slots = RuntimeSlots.derive(self.slots, routing, 2)
+        same = slots.structure == self.slots.structure
+        commands = runtime_commands(self.view, slots.view) if same else []
         tgt = runtime_target(listen=f"127.0.0.1:{self.port}", runtime_socket=self.admin, slots=2)
-        self.config.write_text(render_cfg(self.template, routing, tgt, view), encoding="utf-8")
-        self.table, self.view, self.model = table, view, routing
+        self.config.write_text(
+            render_cfg(self.template, routing, tgt, slots.view), encoding="utf-8"
+        )
+        self.slots = slots
         return commands, same
 
     async def pass_(self, routing: RoutingModel) -> list[str]:
@@ -320,19 +319,16 @@ def live_haproxy(sock_dir: Path, routing: RoutingModel) -> Iterator[Live]:
         listen=f"127.0.0.1:{port}", runtime_socket=sock_dir / "admin.sock", slots=2
     )
     template = load_template(tgt)
-    table = assign_slots(None, routing, 2)
-    view = slot_view(table, routing)
+    slots = RuntimeSlots.derive(None, routing, 2)
     live = Live(
         port,
         sock_dir / "master.sock",
         sock_dir / "admin.sock",
         sock_dir / "haproxy.cfg",
         template,
-        table,
-        view,
-        routing,
+        slots,
     )
-    live.config.write_text(render_cfg(template, routing, tgt, view), encoding="utf-8")
+    live.config.write_text(render_cfg(template, routing, tgt, slots.view), encoding="utf-8")
     haproxy_check(live.config)
     with run_haproxy(live.config, live.master, port, ready=live.admin):
         yield live

@@ -1,9 +1,11 @@
 """Server slots for `reload: haproxy-runtime` (lbsync/model/slots.py): pure table tests.
 
-assign_slots: a container keeps its slot while it lives, newcomers take the lowest free
-slots in model order, a full backend doubles, a removal frees its slot, the result is
-deterministic. structure_key: changes only with hosts, routes, backends, balance or slot
-counts. runtime_commands: the runtime API commands between two slot views.
+RuntimeSlots.derive: its table: a container keeps its slot while it lives, newcomers take the
+lowest free slots in model order, a full backend doubles, a removal frees its slot, the result
+is deterministic; its view: every slot with its server; its structure: changes only with
+hosts, routes, backends, balance or slot counts; derived pass after pass it equals the full
+derivation from the previous table. runtime_commands: the runtime API commands between two
+slot views.
 """
 
 from __future__ import annotations
@@ -18,16 +20,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lbsync.config.schema import TargetConfig
-from lbsync.daemon.daemon import RuntimeSlots
 from lbsync.model.slots import (
     BackendSlots,
+    RuntimeSlots,
     Slot,
+    SlotMap,
     SlotTable,
-    assign_slots,
+    backend_view,
     runtime_commands,
     slot_server_name,
-    slot_view,
-    structure_key,
 )
 from lbsync.model.types import ContainerRef, Host, Route, RoutingModel, Server, Upstream
 from lbsync.render.templates import FragmentCache, load_template, render
@@ -79,7 +80,24 @@ def table(spec: Mapping[str, tuple[int, Members]]) -> SlotTable:
     return SlotTable.of(backends)
 
 
-# --- assign_slots ---------------------------------------------------------------------------
+_NO_MODEL = RoutingModel(hosts=(), upstreams=(), containers=())
+
+
+def holding(previous: SlotTable | None, per_backend: int = 4) -> RuntimeSlots | None:
+    """A previous pass that left `previous` and nothing derive could reuse (no view, no
+    model of its own): `derive` from it assigns and views every backend afresh, as the
+    full, non-incremental derivation does."""
+    if previous is None:
+        return None
+    return RuntimeSlots(previous, SlotMap({}), ((), ()), per_backend, _NO_MODEL)
+
+
+def derive(previous: SlotTable | None, model: RoutingModel, per_backend: int) -> RuntimeSlots:
+    """The slots for `model` after a pass that left the table `previous` (None: the first)."""
+    return RuntimeSlots.derive(holding(previous, per_backend), model, per_backend)
+
+
+# --- RuntimeSlots.derive: the table -----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -175,17 +193,17 @@ ASSIGN_CASES: dict[str, Case] = {
 
 
 @pytest.mark.parametrize("name", list(ASSIGN_CASES))
-def test_assign_slots(name: str) -> None:
+def test_derive_assigns_slots(name: str) -> None:
     case = ASSIGN_CASES[name]
     previous = table(case.previous) if case.previous is not None else None
-    got = assign_slots(previous, _model_of(case.model), case.slots)
+    got = derive(previous, _model_of(case.model), case.slots).table
     assert got == table(case.expected)
 
 
-def test_assign_slots_is_deterministic() -> None:
+def test_derived_slots_are_deterministic() -> None:
     spec = {"web": [f"w{i}" for i in range(7)], "api": ["a1", "a2"], "down": []}
     previous = table({"web": (4, {4: "w3", 2: "w0"}), "api": (4, {3: "a2"})})
-    results = {assign_slots(previous, _model_of(spec), 4) for _ in range(5)}
+    results = {derive(previous, _model_of(spec), 4).table for _ in range(5)}
     assert len(results) == 1  # hashable and equal every time
     # The servers' order inside the model does not matter, only their names.
     shuffled = routing(
@@ -193,17 +211,17 @@ def test_assign_slots_is_deterministic() -> None:
         upstream("api", server("a2"), server("a1")),
         upstream("down"),
     )
-    assert assign_slots(previous, shuffled, 4) == results.pop()
+    assert derive(previous, shuffled, 4).table == results.pop()
 
 
-def test_assign_slots_rejects_zero_slots() -> None:
+def test_derive_rejects_zero_slots() -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        assign_slots(None, _model_of({"web": ["w1"]}), 0)
+        RuntimeSlots.derive(None, _model_of({"web": ["w1"]}), 0)
 
 
 def test_a_container_keeps_its_slot_through_churn() -> None:
     """Many passes of arrivals and departures: a survivor never moves."""
-    current: SlotTable | None = None
+    current: RuntimeSlots | None = None
     alive: list[str] = []
     seen: dict[str, int] = {}
     for step in range(40):
@@ -211,8 +229,8 @@ def test_a_container_keeps_its_slot_through_churn() -> None:
             alive.pop(step % len(alive))
         else:
             alive.append(f"c{step:02}")
-        current = assign_slots(current, _model_of({"web": alive}), 2)
-        slots = current["web"]
+        current = RuntimeSlots.derive(current, _model_of({"web": alive}), 2)
+        slots = current.table["web"]
         for name in alive:
             index = slots.slot_of((cid(name), 8080))
             assert index is not None
@@ -237,13 +255,16 @@ def test_backend_slots_validate() -> None:
     assert slots.slot_of(("y", 1)) == 3 and slots.slot_of(("z", 1)) is None
 
 
-# --- slot_view --------------------------------------------------------------------------------
+# --- RuntimeSlots.derive: the view ------------------------------------------------------------
 
 
-def test_slot_view_lists_every_slot_with_its_server() -> None:
+def test_the_view_lists_every_slot_with_its_server() -> None:
     a, b = server("web-a", weight=3), server("web-b", address="fd00::2")
     model = routing(upstream("web", a, b), upstream("down"))
-    view = slot_view(table({"web": (4, {2: "web-a", 4: "web-b"}), "down": (2, {})}), model)
+    slots = table({"web": (4, {2: "web-a", 4: "web-b"}), "down": (2, {})})
+    derived = derive(slots, model, 2)
+    assert derived.table == slots  # kept as it was: the view below is this table's
+    view = derived.view
     assert list(view) == ["down", "web"]
     assert view["web"] == (Slot(1, None), Slot(2, a), Slot(3, None), Slot(4, b))
     assert view["down"] == (Slot(1, None), Slot(2, None))
@@ -251,22 +272,20 @@ def test_slot_view_lists_every_slot_with_its_server() -> None:
     assert slot_server_name(12) == "s12"
 
 
-def test_slot_view_needs_a_matching_table() -> None:
-    model = routing(upstream("web", server("web-a")))
-    with pytest.raises(ValueError, match="no slots"):
-        slot_view(table({"api": (4, {})}), model)
+def test_a_backend_view_needs_a_matching_table() -> None:
+    web = upstream("web", server("web-a"))
     with pytest.raises(ValueError, match="without a slot"):
-        slot_view(table({"web": (4, {1: "web-z"})}), model)
+        backend_view(table({"web": (4, {1: "web-z"})})["web"], web)
 
 
-# --- structure_key ----------------------------------------------------------------------------
+# --- RuntimeSlots.derive: the structure -------------------------------------------------------
 
 
 def _key_of(model: RoutingModel, previous: SlotTable | None = None, slots: int = 4) -> object:
-    return structure_key(model, assign_slots(previous, model, slots))
+    return derive(previous, model, slots).structure
 
 
-def test_structure_key_ignores_servers() -> None:
+def test_the_structure_ignores_servers() -> None:
     base = routing(upstream("web", server("w1")), upstream("api"))
     churned = routing(
         upstream("web", server("w2", weight=7), server("w3", address="10.0.0.9")),
@@ -300,14 +319,14 @@ STRUCTURE_CHANGES: dict[str, RoutingModel] = {
 
 
 @pytest.mark.parametrize("name", list(STRUCTURE_CHANGES))
-def test_structure_key_changes(name: str) -> None:
-    base = routing(upstream("web", server("w1")))
-    base_table = assign_slots(None, base, 4)
+def test_the_structure_changes(name: str) -> None:
+    base = RuntimeSlots.derive(None, routing(upstream("web", server("w1"))), 4)
     changed = STRUCTURE_CHANGES[name]
-    assert structure_key(base, base_table) != _key_of(changed, base_table)
+    assert base.structure != _key_of(changed, base.table)
+    assert base.structure != RuntimeSlots.derive(base, changed, 4).structure
 
 
-def test_structure_key_is_hashable_and_stable() -> None:
+def test_the_structure_is_hashable_and_stable() -> None:
     model = routing(upstream("web", server("w1")), upstream("api", server("a1")))
     assert hash(_key_of(model)) == hash(_key_of(model))
 
@@ -426,24 +445,24 @@ def test_runtime_commands_refuse_a_structure_change() -> None:
         runtime_commands(_view({"web": (2, {})}), _view({"api": (2, {})}))
 
 
-def test_runtime_commands_from_assign_slots() -> None:
+def test_runtime_commands_from_derived_slots() -> None:
     """The whole pure flow: two passes, the names the commands use are the template's."""
     first = routing(upstream("web", server("web-a"), server("web-b")))
-    t1 = assign_slots(None, first, 4)
+    s1 = RuntimeSlots.derive(None, first, 4)
     second = routing(upstream("web", server("web-b"), server("web-c")))
-    t2 = assign_slots(t1, second, 4)
-    assert structure_key(first, t1) == structure_key(second, t2)
+    s2 = RuntimeSlots.derive(s1, second, 4)
+    assert s1.structure == s2.structure
     c = second.upstreams[0].servers[1]
     # web-a left and web-c took its slot (the lowest free one) in the same pass.
-    assert t2["web"].as_dict() == {1: (cid("web-c"), 8080), 2: (cid("web-b"), 8080)}
-    assert runtime_commands(slot_view(t1, first), slot_view(t2, second)) == [
+    assert s2.table["web"].as_dict() == {1: (cid("web-c"), 8080), 2: (cid("web-b"), 8080)}
+    assert runtime_commands(s1.view, s2.view) == [
         f"set server web/s1 addr {c.address} port 8080",
         "set weight web/s1 1",
         "set server web/s1 state ready",
     ]
 
 
-# --- RuntimeSlots.derive: the daemon's incremental assign_slots + slot_view + structure_key ----
+# --- RuntimeSlots.derive pass after pass: the full derivation at the cost of what changed -----
 
 BACKENDS = ["a", "b", "c"]
 MEMBERS = ["app-1", "app-2", "app-3", "app-4", "app-5"]
@@ -474,10 +493,10 @@ def test_derive_equals_the_tables_from_scratch(
         objects = {u.name: u for u in ups}
         model = routing(*ups)
         derived = RuntimeSlots.derive(previous, model, per_backend)
-        table = assign_slots(previous.table if previous else None, model, per_backend)
-        assert derived.table == table
-        assert dict(derived.view) == slot_view(table, model)
-        assert derived.structure == structure_key(model, table)
+        full = derive(previous.table if previous else None, model, per_backend)
+        assert derived.table == full.table
+        assert dict(derived.view) == dict(full.view)
+        assert derived.structure == full.structure
         if previous is not None and previous.per_backend == per_backend:
             for u in model.upstreams:
                 before = previous.view.pair(u.name)
@@ -499,13 +518,14 @@ def test_a_pass_re_renders_only_the_backend_whose_slots_moved() -> None:
     template = load_template(target)
     ups = [upstream(f"u{i}", server(f"app-{i}")) for i in range(5)]
     first = routing(*ups)
-    slots = RuntimeSlots.derive(None, first, 4)
+    first_slots = RuntimeSlots.derive(None, first, 4)
     fragments = FragmentCache()
-    render(template, first, target, slots=slots.view, fragments=fragments)
+    render(template, first, target, slots=first_slots.view, fragments=fragments)
     ups[2] = upstream("u2", server("app-2"), server("app-9"))
     second = RoutingModel(first.hosts, tuple(ups), ())
-    slots = RuntimeSlots.derive(slots, second, 4)
+    slots = RuntimeSlots.derive(first_slots, second, 4)
     before = fragments.rendered
     text = render(template, second, target, slots=slots.view, fragments=fragments)
     assert fragments.rendered - before == 1
-    assert text == render(template, second, target, slots=slot_view(slots.table, second))
+    fresh = dict(derive(first_slots.table, second, 4).view)  # a plain mapping of new objects
+    assert text == render(template, second, target, slots=fresh)

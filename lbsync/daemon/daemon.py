@@ -53,17 +53,7 @@ from lbsync.engine.client import ApiVersionTooOld, DockerClient, Event, Permissi
 from lbsync.engine.container import Container
 from lbsync.model.labels import parse_services
 from lbsync.model.routing import NOT_HEALTHY, NOT_RUNNING, ModelBuilder
-from lbsync.model.slots import (
-    BackendSlots,
-    SlotMap,
-    SlotTable,
-    SlottedUpstream,
-    StructureKey,
-    assign_backend,
-    backend_view,
-    hosts_structure,
-    runtime_commands,
-)
+from lbsync.model.slots import RuntimeSlots, runtime_commands
 from lbsync.model.types import RoutingModel, Upstream
 from lbsync.render.templates import (
     CompiledTemplate,
@@ -91,52 +81,6 @@ FILE_SETTLE = 0.1
 STATE_REASONS = frozenset({NOT_RUNNING, NOT_HEALTHY})
 _SERVERS_OF = attrgetter("servers")
 _CONTAINER_ID_OF = attrgetter("container.id")
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeSlots:
-    """haproxy-runtime: which container holds which server slot of each backend.
-
-    `derive` is `assign_slots` + `slot_view` + `structure_key` at the cost of what changed: an
-    upstream that is the same object as last time has the same servers, so it keeps its
-    slots (and their very objects, which `render_each` and `runtime_commands` skip).
-    """
-
-    table: SlotTable
-    view: SlotMap
-    structure: StructureKey
-    per_backend: int
-    model: RoutingModel  # the model these slots were derived for
-
-    @classmethod
-    def derive(
-        cls, previous: RuntimeSlots | None, model: RoutingModel, per_backend: int
-    ) -> RuntimeSlots:
-        same_size = previous is not None and previous.per_backend == per_backend
-        if same_size and previous is not None and model is previous.model:
-            return previous
-        backends: dict[str, BackendSlots] = {}
-        fresh: dict[str, SlottedUpstream] = {}
-        for upstream in model.upstreams:
-            name = upstream.name
-            old = previous.table.get(name) if previous is not None else None
-            pair = previous.view.pair(name) if same_size and previous is not None else None
-            if pair is not None and pair.upstream is upstream and old is not None:
-                backends[name], fresh[name] = old, pair
-                continue
-            slots = assign_backend(old, upstream, per_backend)
-            backends[name] = slots
-            fresh[name] = SlottedUpstream(upstream, backend_view(slots, upstream))
-        table = SlotTable.of(backends)
-        if previous is not None and model.hosts is previous.model.hosts:
-            hosts_key = previous.structure[0]  # the same hosts: the same routes
-        else:
-            hosts_key = hosts_structure(model.hosts)
-        backends_key = tuple(
-            (u.name, u.balance, backends[u.name].capacity) for u in model.upstreams
-        )
-        structure = (hosts_key, backends_key)
-        return cls(table, SlotMap(fresh), structure, per_backend, model)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,20 +1,22 @@
-"""HAProxy: server slots for `reload: haproxy-runtime`, and the master CLI and runtime API.
+"""HAProxy: server slots for `reload: haproxy-runtime` (pure).
 
-Slots (pure). With `reload: haproxy-runtime` the builtin template renders every backend with
-a fixed number of `server s<N>` lines, the slots: a filled slot is a real server, an empty one
-a `disabled` placeholder. Servers then come and go through the runtime API (`set server`,
+With `reload: haproxy-runtime` the builtin template renders every backend with a fixed
+number of `server s<N>` lines, the slots: a filled slot is a real server, an empty one a
+`disabled` placeholder. Servers then come and go through the runtime API (`set server`,
 `set weight`) without a reload, as long as the structure (hosts, routes, backends, balance
-methods and slot counts) stays the same:
+methods and slot counts) stays the same. One pass:
 
-    table = assign_slots(previous_table, model, target.slots)
-    view = slot_view(table, model)        # the template's `slots` variable
-    key = structure_key(model, table)     # changed -> reload; same -> runtime commands
-    commands = runtime_commands(old_view, view)
+    slots = RuntimeSlots.derive(previous, model, target.slots)  # previous: None at start
+    slots.table       # who holds which slot of each backend
+    slots.view        # the template's `slots` variable
+    slots.structure   # changed -> reload; same -> runtime commands:
+    commands = runtime_commands(previous.view, slots.view)
 
 A container keeps its slot while it lives; new servers take the lowest free slots (in the
 model's order: container name, then port); a backend that runs out doubles its slot count,
 which changes the structure and so costs one reload. The same inputs always give the same
-table.
+table. `derive` costs what changed since `previous`: an unchanged upstream keeps its slots
+and their very objects.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ class Slot:
 
     @property
     def name(self) -> str:
+        """`s<index>`: what the builtin template writes and runtime commands address."""
         return slot_server_name(self.index)
 
 
@@ -147,37 +150,19 @@ def _unique_servers(servers: Iterable[Server]) -> list[Server]:
     return unique
 
 
-def assign_slots(
-    previous: SlotTable | None, model: RoutingModel, slots_per_backend: int
-) -> SlotTable:
-    """Give every server of every upstream in `model` a slot.
-
-    A server, keyed by (container id, port), that held a slot in `previous` keeps it (its
-    address and weight may change); servers new to the backend take the lowest free slots, in
-    arrival order: earlier passes first, and within one pass the model's order (container
-    name, then port). When a backend runs out its capacity
-    doubles until everything fits. A backend starts with `slots_per_backend` slots and never
-    shrinks while it exists (a larger `slots_per_backend` raises it). Backends that left the
-    model are dropped. Deterministic: the same inputs give the same table.
-    """
-    if slots_per_backend < 1:
-        raise ValueError(f"slots_per_backend must be at least 1, got {slots_per_backend}")
-    return SlotTable.of(
-        {
-            upstream.name: assign_backend(
-                previous.get(upstream.name) if previous is not None else None,
-                upstream,
-                slots_per_backend,
-            )
-            for upstream in model.upstreams
-        }
-    )
-
-
 def assign_backend(
     old: BackendSlots | None, upstream: Upstream, slots_per_backend: int
 ) -> BackendSlots:
-    """One backend's part of `assign_slots`: `old` is what it had (None: a new backend)."""
+    """Give every server of `upstream` a slot: `old` is what the backend had (None: a new
+    backend).
+
+    A server, keyed by (container id, port), that held a slot in `old` keeps it (its address
+    and weight may change); servers new to the backend take the lowest free slots, in
+    arrival order: earlier passes first, and within one pass the model's order (container
+    name, then port). When the backend runs out its capacity doubles until everything fits.
+    A backend starts with `slots_per_backend` slots and never shrinks while it exists (a
+    larger `slots_per_backend` raises it). Deterministic: the same inputs give the same slots.
+    """
     capacity = max(slots_per_backend, old.capacity if old is not None else 0)
     servers = _unique_servers(upstream.servers)
     live = {_key(s) for s in servers}
@@ -193,23 +178,12 @@ def assign_backend(
     return BackendSlots(capacity, tuple(sorted(assigned.items())))
 
 
-def slot_view(table: SlotTable, model: RoutingModel) -> dict[str, tuple[Slot, ...]]:
-    """The template's `slots`: for each upstream, slots 1..capacity with their Server or None.
-
-    `table` must come from `assign_slots(..., model, ...)`: a server of the model without a
-    slot, or an upstream missing from the table, is a ValueError.
-    """
-    view: dict[str, tuple[Slot, ...]] = {}
-    for upstream in model.upstreams:
-        slots = table.get(upstream.name)
-        if slots is None:
-            raise ValueError(f"upstream {upstream.name!r} has no slots in the table")
-        view[upstream.name] = backend_view(slots, upstream)
-    return view
-
-
 def backend_view(slots: BackendSlots, upstream: Upstream) -> tuple[Slot, ...]:
-    """One upstream's part of `slot_view`: its slots 1..capacity."""
+    """The template's slots of one upstream: 1..capacity, each with its Server or None.
+
+    `slots` must hold every server of `upstream` (as `assign_backend` gives them): a server
+    without a slot is a ValueError.
+    """
     by_key = {_key(s): s for s in reversed(upstream.servers)}  # first entry wins
     holders = slots.as_dict()
     missing = set(by_key) - set(holders.values())
@@ -266,20 +240,67 @@ def with_slots(upstreams: Iterable[Upstream], slots: SlotView) -> tuple[SlottedU
     return tuple(SlottedUpstream(u, tuple(slots[u.name])) for u in upstreams)
 
 
-def structure_key(model: RoutingModel, table: SlotTable) -> StructureKey:
-    """What a runtime update cannot change: hosts and their routes, backends, their balance
-    methods and slot counts. Equal keys: the servers can move by runtime commands; different
-    keys: the written config must be reloaded. (Target settings such as `listen` are not in
-    it: a changed target config needs a reload too.)"""
-    backends = tuple(
-        (upstream.name, upstream.balance, table[upstream.name].capacity)
-        for upstream in model.upstreams
-    )
-    return (hosts_structure(model.hosts), backends)
+@dataclass(frozen=True, slots=True)
+class RuntimeSlots:
+    """One pass's slots: which (container id, port) holds which slot of each backend
+    (`table`), the template's `slots` (`view`) and what a runtime update cannot change
+    (`structure`), for `model` with `per_backend` slots to start a backend with.
+
+    Equal structures: the servers can move by runtime commands; different ones: the written
+    config must be reloaded. The structure holds hosts and their routes (path, upstream
+    name), and each backend's name, balance method and slot count. (Target settings such as
+    `listen` are not in it: a changed target config needs a reload too.)
+    """
+
+    table: SlotTable
+    view: SlotMap
+    structure: StructureKey
+    per_backend: int
+    model: RoutingModel  # the model these slots were derived for
+
+    @classmethod
+    def derive(
+        cls, previous: RuntimeSlots | None, model: RoutingModel, per_backend: int
+    ) -> RuntimeSlots:
+        """The slots for `model` after `previous` (None: the first pass, an empty table).
+
+        Every backend is `assign_backend` over what it held in `previous`; backends that
+        left the model are dropped. At the cost of what changed: an upstream that is the same
+        object as last time has the same servers, so it keeps its slots and their very
+        objects (`SlottedUpstream`, `Slot` tuple), which `render_each` and
+        `runtime_commands` skip; the same model gives back `previous` itself.
+        """
+        if per_backend < 1:
+            raise ValueError(f"slots_per_backend must be at least 1, got {per_backend}")
+        same_size = previous is not None and previous.per_backend == per_backend
+        if same_size and previous is not None and model is previous.model:
+            return previous
+        backends: dict[str, BackendSlots] = {}
+        fresh: dict[str, SlottedUpstream] = {}
+        for upstream in model.upstreams:
+            name = upstream.name
+            old = previous.table.get(name) if previous is not None else None
+            pair = previous.view.pair(name) if same_size and previous is not None else None
+            if pair is not None and pair.upstream is upstream and old is not None:
+                backends[name], fresh[name] = old, pair
+                continue
+            slots = assign_backend(old, upstream, per_backend)
+            backends[name] = slots
+            fresh[name] = SlottedUpstream(upstream, backend_view(slots, upstream))
+        table = SlotTable.of(backends)
+        if previous is not None and model.hosts is previous.model.hosts:
+            hosts_key = previous.structure[0]  # the same hosts: the same routes
+        else:
+            hosts_key = _hosts_structure(model.hosts)
+        backends_key = tuple(
+            (u.name, u.balance, backends[u.name].capacity) for u in model.upstreams
+        )
+        structure = (hosts_key, backends_key)
+        return cls(table, SlotMap(fresh), structure, per_backend, model)
 
 
-def hosts_structure(hosts: Iterable[Host]) -> HostsKey:
-    """The hosts part of `structure_key`: names and routes (path, upstream name)."""
+def _hosts_structure(hosts: Iterable[Host]) -> HostsKey:
+    """The hosts part of the structure: names and routes (path, upstream name)."""
     return tuple(
         (host.name, tuple((route.path, route.upstream.name) for route in host.routes))
         for host in hosts
@@ -292,7 +313,7 @@ def _endpoint(server: Server) -> tuple[str, int, int]:
 
 def runtime_commands(old_view: SlotView, new_view: SlotView) -> list[str]:
     """The runtime API commands that turn a running HAProxy showing `old_view` into
-    `new_view` (both from `slot_view`, with the same structure).
+    `new_view` (both `RuntimeSlots.view`s, with the same structure).
 
     Emptied slots come first, so a leaving server stops getting new requests before anything
     else happens: `set server B/sN state maint`, then its address back to the placeholder
@@ -301,7 +322,7 @@ def runtime_commands(old_view: SlotView, new_view: SlotView) -> list[str]:
     `set weight B/sN W`, `set server B/sN state ready`.
     A slot whose server is unchanged gets nothing. Backends in sorted order, slots by index.
     Raises ValueError when the two views differ in backends or slot counts (that needs a
-    reload, see structure_key).
+    reload, see `RuntimeSlots.structure`).
     """
     if sorted(old_view) != sorted(new_view):
         raise ValueError(
