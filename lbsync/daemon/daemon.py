@@ -805,13 +805,14 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; 0 then, 1 on permission denied or a too-old API."""
-        from lbsync.web.server import start_server
+        # Here: only `run` serves HTTP, and the CLI's other commands import this module too.
+        from lbsync.daemon.snapshot import start_web_server
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload_config, "SIGHUP")
-        runner = await start_server(self, self.config.server.host, self.config.server.port)
+        runner = await start_web_server(self, self.config.server.host, self.config.server.port)
         watcher_task = asyncio.create_task(self.watcher.run(), name="lbsync-watcher")
         debounce_task = asyncio.create_task(self.debouncer.run(), name="lbsync-passes")
         files_task = asyncio.create_task(self._watch_files(), name="lbsync-config-watch")
