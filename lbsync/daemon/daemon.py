@@ -51,8 +51,9 @@ from lbsync.daemon.logs import current_pass, current_target, setup_logging
 from lbsync.daemon.metrics import Metrics
 from lbsync.engine.client import ApiVersionTooOld, DockerClient, Event, PermissionDenied
 from lbsync.engine.container import Container
+from lbsync.model.builder import ModelBuilder
+from lbsync.model.groups import NOT_HEALTHY, NOT_RUNNING
 from lbsync.model.labels import parse_services
-from lbsync.model.routing import NOT_HEALTHY, NOT_RUNNING, ModelBuilder
 from lbsync.model.slots import (
     BackendSlots,
     SlotMap,

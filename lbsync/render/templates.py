@@ -104,7 +104,7 @@ _MARK = "\x00"
 class FragmentCache:
     """What `render_each` rendered in the last render, by model object identity.
 
-    A daemon keeps one per target (`lbsync.routing.ModelBuilder` hands back the same objects
+    A daemon keeps one per target (`lbsync.model.builder.ModelBuilder` hands back the same objects
     for what did not change), so a pass renders only the blocks that changed. Per call site
     (macro name and call order) it keeps the last items and texts: the same tuple again
     costs nothing, a tuple of the same length is compared item by item in C, anything else
