@@ -45,7 +45,7 @@ __all__ = [
     "skip_key",
 ]
 
-# Skip reasons added here (labels.py has the label ones).
+# Skip reasons added here (label_grammar.py has the label ones).
 NO_ADDRESS = "no_address"  # no usable IP for the container
 NOT_PUBLISHED = "not_published"  # address: published, and the service port is not published
 NOT_RUNNING = "not_running"  # declared services, but not running (its hosts answer 503)
