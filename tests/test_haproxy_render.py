@@ -32,14 +32,9 @@ import pytest
 from lbsync.config.schema import TargetConfig
 from lbsync.model.slots import Slot, SlotView, assign_slots, runtime_commands, slot_view
 from lbsync.model.types import RoutingModel
-from lbsync.render.templates import (
-    CompiledTemplate,
-    FragmentCache,
-    load_template,
-    match_order,
-    render,
-    render_bytes,
-)
+from lbsync.render.environment import match_order
+from lbsync.render.fragments import FragmentCache
+from lbsync.render.templates import CompiledTemplate, load_template, render, render_bytes
 from tests.conftest import require_binary
 from tests.lab import free_port
 from tests.model_builders import host, model, srv, ups

@@ -66,9 +66,9 @@ from lbsync.model.slots import (
     runtime_commands,
 )
 from lbsync.model.types import RoutingModel, Upstream
+from lbsync.render.fragments import FragmentCache
 from lbsync.render.templates import (
     CompiledTemplate,
-    FragmentCache,
     TemplateError,
     load_template,
     render_bytes,
