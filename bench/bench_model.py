@@ -57,9 +57,10 @@ import lbsync.model.labels
 from lbsync.apply.selection import ProxyTracker
 from lbsync.config.schema import Config, DiscoveryConfig, TargetConfig, parse_config
 from lbsync.engine.container import Container, NetworkAttachment
-from lbsync.model.routing import ModelBuilder
+from lbsync.model.builder import ModelBuilder
 from lbsync.model.types import RoutingModel
-from lbsync.render.templates import CompiledTemplate, FragmentCache, load_template, render_bytes
+from lbsync.render.fragments import FragmentCache
+from lbsync.render.templates import CompiledTemplate, load_template, render_bytes
 from lbsync.state.registry import Registry
 
 #: name -> (hosts, containers per host)

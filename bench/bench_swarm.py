@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from lbsync.config.schema import DiscoveryConfig, TargetConfig
 from lbsync.engine.client import DockerClient, Event, resolve_endpoint
 from lbsync.engine.swarm import node_addresses, service_containers, tasks_by_service
-from lbsync.model.routing import build_model
+from lbsync.model.builder import build_model
 from lbsync.render.templates import load_template, render
 from lbsync.state.registry import Registry
 from lbsync.state.watcher import CURRENT_TASKS, subscribed_events

@@ -38,14 +38,9 @@ from lbsync.model.slots import (
     slot_server_name,
 )
 from lbsync.model.types import RoutingModel
-from lbsync.render.templates import (
-    CompiledTemplate,
-    FragmentCache,
-    load_template,
-    match_order,
-    render,
-    render_bytes,
-)
+from lbsync.render.environment import match_order
+from lbsync.render.fragments import FragmentCache
+from lbsync.render.templates import CompiledTemplate, load_template, render, render_bytes
 from tests.conftest import require_binary
 from tests.lab import free_port
 from tests.model_builders import host, model, srv, ups

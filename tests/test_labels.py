@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from lbsync.config.hosts import host_allowed
+from lbsync.config.hosts import host_allowed, is_valid_host
 from lbsync.config.schema import DiscoveryConfig
 from lbsync.engine.container import Container
-from lbsync.model.labels import (
+from lbsync.model.label_grammar import (
     AMBIGUOUS_PORT,
     HOST_NOT_ALLOWED,
     INVALID_LABEL,
@@ -28,11 +28,8 @@ from lbsync.model.labels import (
     NO_PORT,
     NO_SERVICE,
     UNSUPPORTED_HOST,
-    ParsedContainer,
-    is_valid_host,
-    label_network,
-    parse_services,
 )
+from lbsync.model.labels import ParsedContainer, label_network, parse_services
 from lbsync.model.types import Service
 
 GOLDEN_DIR = Path(__file__).parent / "testdata" / "labels"

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from lbsync.config.schema import DiscoveryConfig
 from lbsync.engine.container import Container
 from lbsync.model.labels import parse_services
-from lbsync.model.routing import derived_upstream_name, explicit_upstream_name
+from lbsync.model.upstream_names import derived_upstream_name, explicit_upstream_name
 from lbsync.render.quoting import (
     NGINX_MAX_TOKEN_BYTES,
     UnsafeValueError,

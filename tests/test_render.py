@@ -23,13 +23,14 @@ from typing import Any
 import jinja2
 import pytest
 
+import lbsync.render.environment
 import lbsync.render.templates
 from lbsync.config.schema import TargetConfig
 from lbsync.model.types import DiscoveredContainer, RoutingModel, Service
+from lbsync.render.fragments import FragmentCache
 from lbsync.render.quoting import UnsafeValueError
 from lbsync.render.templates import (
     CompiledTemplate,
-    FragmentCache,
     TemplateError,
     load_template,
     render,
@@ -619,7 +620,7 @@ def test_remembered_verdicts_never_widen_the_sandbox(tmp_path: Path) -> None:
         "{% for n in vars.names %}{% set t.sum = t.sum + (ns | attr(n)) %}{% endfor %}{{ t.sum }}"
     )
     assert render(load_template(many), routing, many) == f"{sum(range(1000))}\n"
-    assert max(map(len, lbsync.render.templates._SAFE_ATTRIBUTES.values())) <= 256
+    assert max(map(len, lbsync.render.environment._SAFE_ATTRIBUTES.values())) <= 256
 
 
 def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:

@@ -18,19 +18,13 @@ import pytest
 
 from lbsync.config.schema import DiscoveryConfig, LabelSelector, TargetConfig
 from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
-from lbsync.model import routing
-from lbsync.model.labels import INVALID_LABEL
-from lbsync.model.routing import (
-    NO_ADDRESS,
-    NOT_HEALTHY,
-    NOT_PUBLISHED,
-    NOT_RUNNING,
-    ParsedEntry,
-    build_model,
-    derived_upstream_name,
-    parse_entry,
-)
+from lbsync.model import groups
+from lbsync.model.builder import build_model
+from lbsync.model.groups import NO_ADDRESS, NOT_HEALTHY, NOT_PUBLISHED, NOT_RUNNING
+from lbsync.model.label_grammar import INVALID_LABEL
+from lbsync.model.routing import ParsedEntry, parse_entry
 from lbsync.model.types import ContainerRef, DiscoveredContainer, RoutingModel, Server
+from lbsync.model.upstream_names import derived_upstream_name
 
 GOLDEN_DIR = Path(__file__).parent / "testdata" / "routing"
 UPDATE_GOLDEN = os.environ.get("LBSYNC_UPDATE_GOLDEN") == "1"
@@ -681,13 +675,13 @@ def test_weight_is_per_server() -> None:
 
 
 def test_fast_constructors_match_the_dataclasses() -> None:
-    assert routing._SERVER_SET and routing._REF_SET and routing._DISCOVERED_SET
-    ref = routing._ref("i" * 64, "web-1")
+    assert groups._SERVER_SET and groups._REF_SET and groups._DISCOVERED_SET
+    ref = groups._ref("i" * 64, "web-1")
     assert ref == ContainerRef("i" * 64, "web-1") and hash(ref) == hash(ref)
-    assert routing._server("172.20.0.2", 80, 3, ref) == Server("172.20.0.2", 80, 3, ref)
+    assert groups._server("172.20.0.2", 80, 3, ref) == Server("172.20.0.2", 80, 3, ref)
     c = ctr("web-1")
     services = parse_entry(c, D).parsed.services
-    assert routing._discovered(c, services) == DiscoveredContainer(
+    assert groups._discovered(c, services) == DiscoveredContainer(
         c.id, c.name, c.labels, c.health, services
     )
     with pytest.raises(FrozenInstanceError):

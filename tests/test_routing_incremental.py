@@ -20,14 +20,9 @@ from hypothesis import strategies as st
 
 from lbsync.config.schema import DiscoveryConfig, LabelSelector, TargetConfig
 from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
-from lbsync.model.routing import (
-    EntryChanges,
-    ModelBuilder,
-    ParsedEntry,
-    build_model,
-    derived_upstream_name,
-    parse_entry,
-)
+from lbsync.model.builder import ModelBuilder, build_model
+from lbsync.model.routing import EntryChanges, ParsedEntry, parse_entry
+from lbsync.model.upstream_names import derived_upstream_name
 from lbsync.state.registry import Registry
 
 # HYPOTHESIS_PROFILE=long (README: the long hostile-input run) tries 10x more histories.

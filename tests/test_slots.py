@@ -31,7 +31,8 @@ from lbsync.model.slots import (
     slot_server_name,
 )
 from lbsync.model.types import ContainerRef, Host, Route, RoutingModel, Server, Upstream
-from lbsync.render.templates import FragmentCache, load_template, render
+from lbsync.render.fragments import FragmentCache
+from lbsync.render.templates import load_template, render
 
 # --- builders -------------------------------------------------------------------------------
 

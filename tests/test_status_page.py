@@ -22,12 +22,27 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+import lbsync
 from lbsync.apply.proxy import LeftOut, LeftOutReason
 from lbsync.config.schema import load_config
 from lbsync.daemon.daemon import Daemon
+from lbsync.daemon.snapshot import web_app
 from lbsync.engine.client import DockerClient, resolve_endpoint
 from lbsync.model.types import ContainerRef, Host, Route, RoutingModel, Server, Skip, Upstream
 from lbsync.web.server import make_app
+from lbsync.web.snapshot import (
+    BackendStatus,
+    ChangeStatus,
+    ConfigStatus,
+    EngineStatus,
+    HostStatus,
+    LeftOutProxy,
+    RouteStatus,
+    SkipStatus,
+    StatusSnapshot,
+    TargetStatus,
+    UpstreamStatus,
+)
 from lbsync.web.statuspage import STATIC_DIR, WEB_DIR
 from tests.conftest import IN_CI
 from tests.harness import REPO_ROOT, LbsyncHarness
@@ -108,7 +123,7 @@ def _daemon(tmp_path: Path) -> Daemon:
 
 @pytest.fixture
 async def page_client(tmp_path: Path, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
-    client: TestClient[Any, Any] = await aiohttp_client(make_app(_daemon(tmp_path)))
+    client: TestClient[Any, Any] = await aiohttp_client(web_app(_daemon(tmp_path)))
     return client
 
 
@@ -202,6 +217,130 @@ def test_page_files_ship_inside_the_package() -> None:
                    "changes", "changes-count", "live", "live-text", "filter"}  # fmt: skip
     for element_id in ids:
         assert f'id="{element_id}"' in template, element_id
+
+
+# --------------------------------------------------------------------------- a snapshot alone
+
+
+def _snapshot(problems: tuple[str, ...]) -> StatusSnapshot:
+    backend = BackendStatus("web-1", "a" * 64, "127.0.0.1", 8080, 2, "healthy")
+    return StatusSnapshot(
+        started_at=1_700_000_000.0,
+        engine=EngineStatus("unix:///run/docker.sock", True, "1.44", None, None, 1, 42),
+        config=ConfigStatus("/etc/lbsync.yaml", None),
+        containers=3,
+        targets=(
+            TargetStatus(
+                name="edge",
+                output="/etc/nginx/conf.d/lbsync.conf",
+                template="builtin:nginx",
+                reload="signal",
+                waiting_for_proxy=False,
+                last_pass_at=1_700_000_060.0,
+                last_reload_at=None,
+                last_reload_result=None,
+                last_error=None,
+                hosts=(HostStatus("app.test", (RouteStatus("/", "lbsync_app"),)),),
+                upstreams=(UpstreamStatus("lbsync_app", "round_robin", (backend,)),),
+                skipped=(SkipStatus("bad", "b" * 64, "no_port", "container bad: no port"),),
+                proxies_left_out=(LeftOutProxy("rogue", "d" * 64, "unrunnable", "no nginx"),),
+            ),
+        ),
+        recent_changes=(ChangeStatus(1_700_000_120.0, "edge", "hosts +app.test", 1.5),),
+        problems=problems,
+    )
+
+
+async def test_the_web_side_serves_a_snapshot_it_is_handed(aiohttp_client: AiohttpClient) -> None:
+    """No daemon: /status, /healthz, /metrics and the page read only the callables given."""
+    snapshots = [_snapshot(()), _snapshot(("target edge: reload failed",))]
+    client: TestClient[Any, Any] = await aiohttp_client(
+        make_app(lambda: snapshots[0], lambda: b"lbsync_up 1.0\n")
+    )
+    assert await (await client.get("/status")).json() == {
+        "version": lbsync.__version__,
+        "started_at": "2023-11-14T22:13:20Z",
+        "engine": {
+            "endpoint": "unix:///run/docker.sock",
+            "connected": True,
+            "api_version": "1.44",
+            "disconnected_since": None,
+            "last_error": None,
+            "reconnects": 1,
+            "events": 42,
+        },
+        "config": {"source": "/etc/lbsync.yaml", "error": None},
+        "containers": 3,
+        "targets": [
+            {
+                "name": "edge",
+                "output": "/etc/nginx/conf.d/lbsync.conf",
+                "template": "builtin:nginx",
+                "reload": "signal",
+                "waiting_for_proxy": False,
+                "last_pass": "2023-11-14T22:14:20Z",
+                "last_reload": None,
+                "last_reload_result": None,
+                "last_error": None,
+                "hosts": [
+                    {"name": "app.test", "routes": [{"path": "/", "upstream": "lbsync_app"}]}
+                ],
+                "upstreams": [
+                    {
+                        "name": "lbsync_app",
+                        "balance": "round_robin",
+                        "servers": [
+                            {
+                                "container": "web-1",
+                                "container_id": "a" * 64,
+                                "address": "127.0.0.1",
+                                "port": 8080,
+                                "weight": 2,
+                                "health": "healthy",
+                            }
+                        ],
+                    },
+                ],
+                "skipped": [
+                    {
+                        "container": "bad",
+                        "container_id": "b" * 64,
+                        "reason": "no_port",
+                        "detail": "container bad: no port",
+                    }
+                ],
+                "proxies_left_out": [
+                    {
+                        "container": "rogue",
+                        "container_id": "d" * 64,
+                        "reason": "unrunnable",
+                        "detail": "no nginx",
+                    }
+                ],
+            }
+        ],
+        "recent_changes": [
+            {
+                "at": "2023-11-14T22:15:20Z",
+                "target": "edge",
+                "change": "hosts +app.test",
+                "duration_ms": 1.5,
+            }
+        ],
+    }
+    resp = await client.get("/healthz")
+    assert (resp.status, await resp.text()) == (200, "ok\n")
+    metrics = await client.get("/metrics")
+    assert await metrics.read() == b"lbsync_up 1.0\n"
+    assert metrics.headers["Content-Type"].startswith("text/plain")
+    page = await (await client.get("/")).text()
+    assert "web-1" in page and "reload failed" not in page
+
+    snapshots.reverse()  # the next snapshot: a problem
+    resp = await client.get("/healthz")
+    assert (resp.status, await resp.text()) == (503, "target edge: reload failed\n")
+    page = await (await client.get("/")).text()
+    assert "<li>target edge: reload failed</li>" in page
 
 
 # --------------------------------------------------------------------------- real browser

@@ -42,7 +42,8 @@ from lbsync.engine.swarm import (
     task_container,
     task_container_id,
 )
-from lbsync.model.routing import build_model, parse_entry
+from lbsync.model.builder import build_model
+from lbsync.model.routing import parse_entry
 from lbsync.state.registry import Registry, is_serving
 from lbsync.state.watcher import WATCHED_EVENTS, Change, Watcher
 from tests.fake_engine import FakeEngine

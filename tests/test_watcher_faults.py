@@ -22,10 +22,10 @@ from aiohttp import web
 
 from lbsync.config.schema import load_config
 from lbsync.daemon.daemon import Daemon
+from lbsync.daemon.snapshot import web_app
 from lbsync.engine.client import MAX_EVENT_LINE, DockerClient, Event
 from lbsync.state.registry import Registry
 from lbsync.state.watcher import Change, Watcher
-from lbsync.web.server import make_app
 from tests.fake_engine import FakeEngine, event_line
 
 CUT = b"<cut>"  # close the connection abruptly
@@ -543,7 +543,7 @@ async def test_healthz_is_503_with_the_reason_until_the_relist_after_a_reader_bu
     engine.fake.route("GET", "/containers/json", listing)
     engine.scripts = [[event_line("start", "a" * 64), HANG]]
     inject_reader_bug(monkeypatch)
-    http = await aiohttp_client(make_app(daemon))
+    http = await aiohttp_client(web_app(daemon))
     task = asyncio.create_task(daemon.watcher.run())
     try:
         await until(lambda: engine.listings == 2)

@@ -19,8 +19,9 @@ from lbsync.daemon.logs import setup_logging
 from lbsync.daemon.memory import fix_mmap_threshold, freeze_startup_objects
 from lbsync.engine.client import DockerClient, Event, NotFound, resolve_endpoint
 from lbsync.engine.inspect import container_from_inspect
-from lbsync.model.labels import parse_services, show_label
-from lbsync.model.routing import build_model
+from lbsync.model.builder import build_model
+from lbsync.model.label_grammar import show_label
+from lbsync.model.labels import parse_services
 from lbsync.model.types import RoutingModel, Service
 from lbsync.render.templates import CompiledTemplate, TemplateError, load_template, render
 from lbsync.state.registry import Registry

@@ -51,13 +51,14 @@ from lbsync.daemon.logs import current_pass, current_target, setup_logging
 from lbsync.daemon.metrics import Metrics
 from lbsync.engine.client import ApiVersionTooOld, DockerClient, Event, PermissionDenied
 from lbsync.engine.container import Container
+from lbsync.model.builder import ModelBuilder
+from lbsync.model.groups import NOT_HEALTHY, NOT_RUNNING
 from lbsync.model.labels import parse_services
-from lbsync.model.routing import NOT_HEALTHY, NOT_RUNNING, ModelBuilder
 from lbsync.model.slots import RuntimeSlots, runtime_commands
 from lbsync.model.types import RoutingModel, Upstream
+from lbsync.render.fragments import FragmentCache
 from lbsync.render.templates import (
     CompiledTemplate,
-    FragmentCache,
     TemplateError,
     load_template,
     render_bytes,
@@ -749,13 +750,14 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; 0 then, 1 on permission denied or a too-old API."""
-        from lbsync.web.server import start_server
+        # Here: only `run` serves HTTP, and the CLI's other commands import this module too.
+        from lbsync.daemon.snapshot import start_web_server
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload_config, "SIGHUP")
-        runner = await start_server(self, self.config.server.host, self.config.server.port)
+        runner = await start_web_server(self, self.config.server.host, self.config.server.port)
         watcher_task = asyncio.create_task(self.watcher.run(), name="lbsync-watcher")
         debounce_task = asyncio.create_task(self.debouncer.run(), name="lbsync-passes")
         files_task = asyncio.create_task(self._watch_files(), name="lbsync-config-watch")

@@ -1,10 +1,10 @@
 """The status page at `GET /`: the `/status` document, for a person (SPEC §7).
 
-The page is rendered here with Jinja2 (autoescaped: container names, labels and errors are
-untrusted) from `lbsync/web/status.html.j2`, so it reads fine without JavaScript. The plain
-script `lbsync/web/static/status.js` then polls `status` and `healthz` every 2 s and rebuilds
-the same tables from the JSON with `textContent` only. No build step, nothing from the network:
-the CSP header allows this origin only.
+`lbsync.web.server` serves it; it is rendered here with Jinja2 (autoescaped: container names,
+labels and errors are untrusted) from `lbsync/web/status.html.j2`, so it reads fine without
+JavaScript. The plain script `lbsync/web/static/status.js` then polls `status` and `healthz`
+every 2 s and rebuilds the same tables from the JSON with `textContent` only. No build step,
+nothing from the network: the CSP header allows this origin only.
 
 `page_view()` turns the `/status` document into what the template shows (rows of host, path,
 upstream and its servers; counts for the overview); `status.js` does the same in the browser,
@@ -16,15 +16,12 @@ from __future__ import annotations
 import calendar
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 import jinja2.sandbox
 from aiohttp import web
 from aiohttp.typedefs import Handler
-
-if TYPE_CHECKING:
-    from lbsync.daemon.daemon import Daemon
 
 WEB_DIR = Path(__file__).resolve().parent
 STATIC_DIR = WEB_DIR / "static"
@@ -160,15 +157,6 @@ def render_page(document: dict[str, Any], problems: list[str]) -> str:
     )
 
 
-async def index(request: web.Request) -> web.Response:
-    """`GET /`: the page, rendered from the same document `/status` serves."""
-    from lbsync.web.server import DAEMON_KEY, status_document
-
-    daemon: Daemon = request.app[DAEMON_KEY]
-    html = render_page(status_document(daemon), daemon.health_problems())
-    return web.Response(text=html, content_type="text/html", headers=SECURITY_HEADERS)
-
-
 @web.middleware
 async def static_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     """`nosniff` on the page's static files too; browsers revalidate them (no stale JS)."""
@@ -179,8 +167,7 @@ async def static_headers(request: web.Request, handler: Handler) -> web.StreamRe
     return response
 
 
-def add_routes(app: web.Application) -> None:
-    """`GET /` and `GET /static/...` (never a directory listing, never outside the folder)."""
-    app.router.add_get("/", index)
+def add_static_routes(app: web.Application) -> None:
+    """`GET /static/...` (never a directory listing, never outside the folder)."""
     app.router.add_static("/static/", STATIC_DIR, show_index=False, follow_symlinks=False)
     app.middlewares.append(static_headers)
