@@ -10,22 +10,21 @@ from typing import Any
 import pytest
 import yaml
 
+from lbsync.config.durations import parse_duration
+from lbsync.config.errors import ConfigError
+from lbsync.config.load import load_config
+from lbsync.config.parse import parse_config
 from lbsync.config.schema import (
     Config,
-    ConfigError,
     DebounceConfig,
     DiscoveryConfig,
     DockerConfig,
-    LabelSelector,
     LogConfig,
-    ProxyConfig,
     ServerConfig,
     TargetConfig,
     TLSConfig,
-    load_config,
-    parse_config,
-    parse_duration,
 )
+from lbsync.config.selectors import LabelSelector, ProxyConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = Path("/srv/lbsync/lbsync.yaml")  # parse_config never reads it: only its folder is used

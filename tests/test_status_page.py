@@ -23,7 +23,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from lbsync.apply.proxy import LeftOut, LeftOutReason
-from lbsync.config.schema import load_config
+from lbsync.config.load import load_config
 from lbsync.daemon.daemon import Daemon
 from lbsync.engine.client import DockerClient, resolve_endpoint
 from lbsync.model.types import ContainerRef, Host, Route, RoutingModel, Server, Skip, Upstream

@@ -21,7 +21,8 @@ from dataclasses import fields
 from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
-from lbsync.config.schema import DiscoveryConfig, LabelSelector, TargetConfig
+from lbsync.config.schema import DiscoveryConfig, TargetConfig
+from lbsync.config.selectors import LabelSelector
 from lbsync.engine.container import Container, NetworkAttachment
 from lbsync.model.labels import ParsedContainer, parse_services
 from lbsync.model.types import (
