@@ -107,11 +107,21 @@ class Key:
     fills: tuple[str, ...] = ()  # the fields its value fills, one each, when more than its own
 
 
-def _key(read: ValueParser[Any], doc: str, **options: Any) -> Mapping[str, Key]:
-    return {_KEY: Key(doc, read, **options)}
+def _key(
+    read: ValueParser[Any],
+    doc: str,
+    *,
+    null_is_default: bool = False,
+    required: bool = False,
+    name: str | None = None,
+    fills: tuple[str, ...] = (),
+) -> Mapping[str, Key]:
+    """A field's metadata declaring it a key of the file."""
+    return {_KEY: Key(doc, read, null_is_default, required, name, fills)}
 
 
 def _section(doc: str) -> Mapping[str, Key]:
+    """A field's metadata declaring it a section of the file."""
     return {_KEY: Key(doc)}
 
 
