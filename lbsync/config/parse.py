@@ -66,7 +66,7 @@ def _read(
             if key.required:
                 reading.add(key_at, "required")
         elif given[name] is None and key.null_is_default:
-            pass
+            pass  # as if left out
         elif key.read is None:
             section.values[f.name] = _build(
                 reading, cast(type, f.default_factory), given[name], key_at
