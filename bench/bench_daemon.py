@@ -65,7 +65,8 @@ from typing import Any, cast
 
 import lbsync.daemon.daemon as daemon_module
 from lbsync.cli.commands import client_for
-from lbsync.config.schema import Config, parse_config
+from lbsync.config.parse import parse_config
+from lbsync.config.schema import Config
 from lbsync.daemon.daemon import Daemon
 from lbsync.engine.client import Event
 from lbsync.engine.container import Container

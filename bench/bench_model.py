@@ -55,7 +55,8 @@ from typing import Any
 
 import lbsync.model.labels
 from lbsync.apply.selection import ProxyTracker
-from lbsync.config.schema import Config, DiscoveryConfig, TargetConfig, parse_config
+from lbsync.config.parse import parse_config
+from lbsync.config.schema import Config, DiscoveryConfig, TargetConfig
 from lbsync.engine.container import Container, NetworkAttachment
 from lbsync.model.builder import ModelBuilder
 from lbsync.model.types import RoutingModel

@@ -19,7 +19,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
-from lbsync.config.schema import ConfigError, ServerConfig, load_config
+from lbsync.config.errors import ConfigError
+from lbsync.config.load import load_config
+from lbsync.config.schema import ServerConfig
 
 URL_ENV_VAR = "LBSYNC_HEALTHCHECK_URL"
 TIMEOUT = 3.0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lbsync.config.schema import load_config
+from lbsync.config.load import load_config
 from lbsync.daemon import daemon as daemon_module
 from lbsync.daemon.daemon import Daemon
 from lbsync.daemon.filewatch import Inotify, open_change_signal

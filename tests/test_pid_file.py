@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from lbsync.apply.proxy import ReloadFailed, read_pid_file, reload
-from lbsync.config.schema import ProxyConfig, TargetConfig
+from lbsync.config.schema import TargetConfig
+from lbsync.config.selectors import ProxyConfig
 from lbsync.engine.client import DockerClient, resolve_endpoint
 from tests.test_render import nginx_prefix_config, require_nginx
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from lbsync.config.schema import DiscoveryConfig, LabelSelector, TargetConfig
+from lbsync.config.schema import DiscoveryConfig, TargetConfig
+from lbsync.config.selectors import LabelSelector
 from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
 from lbsync.model import groups
 from lbsync.model.builder import build_model

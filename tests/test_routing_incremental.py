@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lbsync.config.schema import DiscoveryConfig, LabelSelector, TargetConfig
+from lbsync.config.schema import DiscoveryConfig, TargetConfig
+from lbsync.config.selectors import LabelSelector
 from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
 from lbsync.model.builder import ModelBuilder, build_model
 from lbsync.model.routing import EntryChanges, ParsedEntry, parse_entry

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lbsync.apply.selection import ProxyTracker, find_proxies
-from lbsync.config.schema import LabelSelector, ProxyConfig, TargetConfig
+from lbsync.config.schema import TargetConfig
+from lbsync.config.selectors import LabelSelector, ProxyConfig
 from lbsync.engine.container import Container
 from lbsync.state.registry import Registry
 

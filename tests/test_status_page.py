@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 
 import lbsync
 from lbsync.apply.proxy import LeftOut, LeftOutReason
-from lbsync.config.schema import load_config
+from lbsync.config.load import load_config
 from lbsync.daemon.daemon import Daemon
 from lbsync.daemon.snapshot import web_app
 from lbsync.engine.client import DockerClient, resolve_endpoint

@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from lbsync.config.schema import ConfigError, DiscoveryConfig, TargetConfig, parse_config
+from lbsync.config.errors import ConfigError
+from lbsync.config.parse import parse_config
+from lbsync.config.schema import DiscoveryConfig, TargetConfig
 from lbsync.engine.client import DockerClient
 from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
 from lbsync.engine.inspect import KEPT_ENV

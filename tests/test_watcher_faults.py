@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from lbsync.config.schema import load_config
+from lbsync.config.load import load_config
 from lbsync.daemon.daemon import Daemon
 from lbsync.daemon.snapshot import web_app
 from lbsync.engine.client import MAX_EVENT_LINE, DockerClient, Event

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from lbsync import __version__
-from lbsync.config.schema import ConfigError, load_config
+from lbsync.config.errors import ConfigError
+from lbsync.config.load import load_config
 from lbsync.engine.client import DockerError
 
 EXIT_ENGINE = 1

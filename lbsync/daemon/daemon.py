@@ -44,7 +44,9 @@ from lbsync.apply.proxy import (
 )
 from lbsync.apply.selection import ProxyTracker, is_proxy, uses_containers
 from lbsync.apply.writer import WriteError, read_current, restore, write_atomic
-from lbsync.config.schema import Config, ConfigError, TargetConfig, load_config
+from lbsync.config.errors import ConfigError
+from lbsync.config.load import load_config
+from lbsync.config.schema import Config, TargetConfig
 from lbsync.daemon.debounce import Debouncer
 from lbsync.daemon.filewatch import open_change_signal
 from lbsync.daemon.logs import current_pass, current_target, setup_logging

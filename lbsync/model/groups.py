@@ -16,7 +16,7 @@ from dataclasses import fields
 from operator import attrgetter
 from typing import Any, NamedTuple
 
-from lbsync.config.schema import LabelSelector
+from lbsync.config.selectors import LabelSelector
 from lbsync.engine.container import Container, NetworkAttachment
 from lbsync.model.routing import ParsedEntry
 from lbsync.model.types import (
