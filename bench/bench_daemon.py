@@ -138,6 +138,24 @@ class Fleet:
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.ids: list[str] = []
+        self.kept: set[str] = set()  # --keep-running: left for the next run's --fleet
+
+    def adopt_running(self) -> list[Backend]:
+        """--fleet: the running backends an earlier run left (`--keep-running`)."""
+        fmt = '{{.ID}} {{.Names}} {{.Label "lbsync.port"}} {{.Label "lbsync.host"}}'
+        listed = docker(
+            "ps", "--no-trunc", "--filter", f"label={RUN_LABEL}={self.run_id}",
+            "--filter", "status=running", "--format", fmt,
+        )  # fmt: skip
+        backends = []
+        for line in listed.splitlines():
+            cid, name, port, host = line.split()
+            if name.startswith(f"lbsync-bench-{self.run_id}-r"):
+                backends.append(Backend(cid, name, int(port), host))
+        if not backends:
+            raise BenchError(f"--fleet {self.run_id}: no running backends of that run")
+        self.kept.update(b.cid for b in backends)
+        return sorted(backends, key=lambda b: b.name)
 
     def labels(self) -> list[str]:
         return ["--label", f"{TEST_LABEL}=1", "--label", f"{RUN_LABEL}={self.run_id}"]
@@ -198,6 +216,7 @@ class Fleet:
                 "ps", "-aq", "--no-trunc", "--filter", f"label={RUN_LABEL}={self.run_id}"
             )
             ids.update(listed.split())
+        ids -= self.kept
         batches = [sorted(ids)[i : i + RM_BATCH] for i in range(0, len(ids), RM_BATCH)]
 
         def remove(batch: list[str]) -> None:
@@ -1065,6 +1084,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--churn-gap", type=float, default=0.3, help="sustained churn: seconds between starts"
     )
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the running backends for a later run's --fleet (another version side by "
+        "side on the same containers; the last run leaves it off to remove them)",
+    )
+    parser.add_argument(
+        "--fleet", metavar="RUN_ID", help="use the running backends a --keep-running run left"
+    )
     parser.add_argument("--nginx", action="store_true", help="the real lab nginx as the proxy")
     parser.add_argument("--quiet", type=float, default=200.0, help="debounce quiet, ms")
     parser.add_argument("--max", type=float, default=2000.0, help="debounce max, ms")
@@ -1079,7 +1107,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    run_id = secrets.token_hex(5)
+    run_id = args.fleet or secrets.token_hex(5)
     fleet = Fleet(run_id)
     report = Report(
         rss_mb_imports=rss_mb(),
@@ -1104,7 +1132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             t0 = time.monotonic()
             if args.nginx:
                 fleet.nginx(conf_dir)
-            running = fleet.backends("run", "r", ports[: args.n])
+            if args.fleet:
+                running = fleet.adopt_running()
+                report.n = len(running)
+                report.notes.append(f"the {len(running)} running backends of run {run_id}")
+            else:
+                running = fleet.backends("run", "r", ports[: args.n])
+                if args.keep_running:
+                    fleet.kept.update(b.cid for b in running)
             up = set(
                 docker(
                     "ps", "-q", "--no-trunc",
@@ -1139,8 +1174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             with uninterrupted():
                 print(f"bench run {run_id}: removing its containers ...", file=sys.stderr)
+                if not args.keep_running:
+                    fleet.kept.clear()
                 removed = fleet.cleanup()
                 print(f"bench run {run_id}: removed {removed} containers", file=sys.stderr)
+                if fleet.kept:
+                    print(f"bench run {run_id}: {len(fleet.kept)} running backends kept: "
+                          f"--fleet {run_id}", file=sys.stderr)  # fmt: skip
     return code
 
 
