@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lbsync.config.schema import TargetConfig
-from lbsync.daemon.daemon import RuntimeSlots
+from lbsync.daemon.runtime_slots import RuntimeSlots
 from lbsync.model.slots import (
     BackendSlots,
     Slot,
