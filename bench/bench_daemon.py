@@ -18,8 +18,9 @@ in a temp dir, and measures, while the N run:
 
 For every container: from its engine event (`timeNano` of `start`; of the first `kill`/
 `die`/`stop` for a stop) to the output file written with the change (`write_atomic`, wrapped
-through `lbsync.daemon.daemon`'s reference), and to the reload sent and returned (`reload`, same);
-p50 and p99, also minus the debounce quiet window for starts (stops skip it by design).
+through `lbsync.daemon.passes`' reference), and to the reload sent and returned (`reload`,
+or `reload_container` with `--nginx`, same); p50 and p99, also minus the debounce quiet
+window for starts (stops skip it by design).
 Per scenario: passes, writes and reloads, lbsync's CPU per event received
 (`time.process_time()` over the scenario, minus the instrumentation's own, divided by the
 growth of `daemon.watcher.events_seen`), and the peak RSS (`ru_maxrss`) of this process.
@@ -63,7 +64,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
-import lbsync.daemon.daemon as daemon_module
+import lbsync.daemon.passes as passes_module
 from lbsync.cli.commands import client_for
 from lbsync.config.parse import parse_config
 from lbsync.config.schema import Config
@@ -292,8 +293,8 @@ class Probe:
     def install(self, daemon: Daemon) -> None:
         self._loop = asyncio.get_running_loop()
         self.changed = asyncio.Event()
-        # The daemon module's own references: what its passes call.
-        names = vars(daemon_module)
+        # The executor module's own references: what the passes call.
+        names = vars(passes_module)
         orig_write = cast(Callable[[Path, bytes], None], names["write_atomic"])
         # `reload` (a command, a pid file, HAProxy's master) and, where the daemon has it,
         # `reload_container` (one proxy container); older daemons had `reload` only.

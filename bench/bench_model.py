@@ -172,7 +172,7 @@ def clear_parse_memo() -> None:
 
 @dataclasses.dataclass
 class Pass:
-    """The pure steps of `Daemon._sync_target`, timed one by one, with the daemon's memory
+    """The pure steps of `PassExecutor.sync`, timed one by one, with the daemon's memory
     between passes: its `ModelBuilder`, its `FragmentCache`, and no render for a model that
     is the same object as the last one rendered."""
 

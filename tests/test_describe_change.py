@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from lbsync.daemon.daemon import _describe_change
+from lbsync.daemon.reports import describe_change
 from lbsync.model.types import RoutingModel
 from tests.model_builders import host, model, srv, ups
 
 
 def test_first_pass_counts_what_is_served() -> None:
     web = ups("web", srv("127.0.0.1", 8081, name="web-1"), srv("127.0.0.1", 8082, name="web-2"))
-    assert _describe_change(None, model(host("a.test", ("/", web)))) == "1 hosts, 2 servers"
+    assert describe_change(None, model(host("a.test", ("/", web)))) == "1 hosts, 2 servers"
 
 
 def test_hosts_and_servers_in_and_out() -> None:
@@ -18,7 +18,7 @@ def test_hosts_and_servers_in_and_out() -> None:
     api = ups("api", srv("127.0.0.1", 9000, name="api-1"))
     before = model(host("a.test", ("/", ups("web", web1))), host("b.test", ("/", api)))
     after = model(host("a.test", ("/", ups("web", web2))), host("c.test", ("/", api)))
-    assert _describe_change(before, after) == (
+    assert describe_change(before, after) == (
         "hosts +c.test -b.test; servers +web/web-2:8082 -web/web-1:8081"
     )
 
@@ -28,12 +28,12 @@ def test_an_upstream_that_went_away_lists_its_servers() -> None:
     api = ups("api", srv("127.0.0.1", 9000, name="api-1"))
     before = model(host("a.test", ("/", web), ("/api", api)))
     after = model(host("a.test", ("/", web)))
-    assert _describe_change(before, after) == "servers -api/api-1:9000"
+    assert describe_change(before, after) == "servers -api/api-1:9000"
 
 
 def test_the_same_model_is_no_routing_change() -> None:
     m = model(host("a.test", ("/", ups("web", srv("127.0.0.1", 8081)))))
-    assert _describe_change(m, m) == "no routing change"
+    assert describe_change(m, m) == "no routing change"
 
 
 def test_only_what_changed_whatever_the_positions() -> None:
@@ -45,8 +45,8 @@ def test_only_what_changed_whatever_the_positions() -> None:
 
     # One out, one in: every position moves, the lengths stay.
     assert (
-        _describe_change(of("abc"), of("bcd"))
+        describe_change(of("abc"), of("bcd"))
         == "hosts +d.test -a.test; servers +d/d-1:8003 -a/a-1:8000"
     )
-    assert _describe_change(of("ab"), of("abc")) == "hosts +c.test; servers +c/c-1:8002"
-    assert _describe_change(of("abc"), of("ac")) == "hosts -b.test; servers -b/b-1:8001"
+    assert describe_change(of("ab"), of("abc")) == "hosts +c.test; servers +c/c-1:8002"
+    assert describe_change(of("abc"), of("ac")) == "hosts -b.test; servers -b/b-1:8001"

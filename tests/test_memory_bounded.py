@@ -4,7 +4,7 @@ A daemon runs for months on hosts where deploys bring new containers (new ids, n
 hosts) all day. Everything it remembers between passes (the registry and its change log,
 the label parser's memo, the model builder, the rendered blocks) must be bounded by what
 exists now, not by what it has seen. Each test here churns thousands of containers through
-the same steps a pass takes (`Daemon._sync_target`: changes since the last pass, the
+the same steps a pass takes (`PassExecutor.sync`: changes since the last pass, the
 proxies, the model, the bytes) and measures the Python memory still allocated
 (tracemalloc): after a warm-up, more churn must not add to it. The bounded memories trim
 in steps (the memo and the change log drop half when they reach their bound), so each

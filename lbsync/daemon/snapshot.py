@@ -27,7 +27,8 @@ from lbsync.web.snapshot import (
 )
 
 if TYPE_CHECKING:
-    from lbsync.daemon.daemon import Daemon, TargetState
+    from lbsync.daemon.daemon import Daemon
+    from lbsync.daemon.target import TargetState
     from lbsync.state.registry import Registry
 
 
