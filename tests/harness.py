@@ -67,7 +67,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from lbsync.apply.haproxy import ShowProc, parse_show_proc
+from lbsync.apply.haproxy.master import ShowProc, parse_show_proc
 from tests.lab import (
     Lab,
     free_port,

@@ -20,18 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from lbsync.apply.haproxy import (
-    HAProxyCommandError,
-    HAProxySocketError,
+from lbsync.apply.haproxy.master import (
     ShowProc,
-    apply_runtime,
     master_command,
     master_reload,
     parse_show_proc,
-    runtime_command,
-    runtime_query,
     show_proc,
 )
+from lbsync.apply.haproxy.runtime import apply_runtime, runtime_command, runtime_query
+from lbsync.apply.haproxy.socket import HAProxyCommandError, HAProxySocketError
 from lbsync.model.slots import RuntimeSlots, Slot, SlotTable, SlotView, runtime_commands
 from lbsync.model.types import RoutingModel, Server
 from lbsync.render.templates import CompiledTemplate, load_template

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lbsync.apply.haproxy import HAProxySocketError, master_reload
+from lbsync.apply.haproxy.master import master_reload
+from lbsync.apply.haproxy.socket import HAProxySocketError
 from lbsync.apply.selection import signals_container
 from lbsync.config.schema import TargetConfig
 from lbsync.engine.client import DockerClient, DockerError

@@ -16,7 +16,8 @@ from dataclasses import replace
 
 import tenacity
 
-from lbsync.apply.haproxy import HAProxySocketError, apply_runtime
+from lbsync.apply.haproxy.runtime import apply_runtime
+from lbsync.apply.haproxy.socket import HAProxySocketError
 from lbsync.apply.proxy import (
     GRACE,
     CheckDecision,
