@@ -13,13 +13,14 @@ from lbsync.daemon.plan import (
     Action,
     OutputFacts,
     ProxyFacts,
+    ReloadPhase,
     RuntimeFacts,
     compares_slot_lines,
     only_slot_lines_differ,
     output_action,
     proxy_action,
 )
-from lbsync.daemon.target import RETRY_PASS_MAX, RETRY_PASS_MIN, ReloadPhase, TargetState
+from lbsync.daemon.target import RETRY_PASS_MAX, RETRY_PASS_MIN, TargetState
 from lbsync.render.templates import load_template
 
 NOT_RELOADED = ReloadPhase.NOT_RELOADED

@@ -13,7 +13,21 @@ import enum
 import re
 from dataclasses import dataclass
 
-from lbsync.daemon.target import ReloadPhase
+
+class ReloadPhase(enum.Enum):
+    """Does the proxy run the file on disk? What a pass does with unchanged bytes hangs on it.
+
+    NOT_RELOADED --a reload worked--> CURRENT
+    CURRENT --a new file written and checked, or a runtime update failed--> RELOAD_DUE
+    RELOAD_DUE --a reload worked--> CURRENT
+
+    A failed reload leaves the phase as it was (the pass is retried later). A file written
+    before the first reload leaves NOT_RELOADED: that reload is due anyway.
+    """
+
+    NOT_RELOADED = "not reloaded yet"  # the first pass reloads, changed bytes or not
+    CURRENT = "current"  # the proxy runs the file on disk
+    RELOAD_DUE = "reload due"  # the file on disk is not live yet
 
 
 class Action(enum.Enum):

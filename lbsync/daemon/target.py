@@ -21,13 +21,13 @@ The rest is memory that makes a pass cost what changed and logs a thing once.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from lbsync.apply.proxy import LeftOut
 from lbsync.apply.selection import ProxyTracker
 from lbsync.config.schema import TargetConfig
+from lbsync.daemon.plan import ReloadPhase
 from lbsync.engine.container import Container
 from lbsync.model.builder import ModelBuilder
 from lbsync.model.slots import RuntimeSlots
@@ -37,22 +37,6 @@ from lbsync.render.templates import CompiledTemplate
 
 RETRY_PASS_MIN = 1.0
 RETRY_PASS_MAX = 30.0
-
-
-class ReloadPhase(enum.Enum):
-    """Does the proxy run the file on disk? What a pass does with unchanged bytes hangs on it.
-
-    NOT_RELOADED --a reload worked--> CURRENT
-    CURRENT --a new file written and checked, or a runtime update failed--> RELOAD_DUE
-    RELOAD_DUE --a reload worked--> CURRENT
-
-    A failed reload leaves the phase as it was (the pass is retried later). A file written
-    before the first reload leaves NOT_RELOADED: that reload is due anyway.
-    """
-
-    NOT_RELOADED = "not reloaded yet"  # the first pass reloads, changed bytes or not
-    CURRENT = "current"  # the proxy runs the file on disk
-    RELOAD_DUE = "reload due"  # the file on disk is not live yet
 
 
 @dataclass
