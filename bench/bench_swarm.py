@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from lbsync.config.schema import DiscoveryConfig, TargetConfig
 from lbsync.engine.client import DockerClient, Event, resolve_endpoint
 from lbsync.engine.swarm import node_addresses, service_containers, tasks_by_service
+from lbsync.model.entries import ParsedEntries
 from lbsync.model.routing import build_model
 from lbsync.render.templates import load_template, render
 from lbsync.state.registry import Registry
@@ -130,7 +131,8 @@ async def list_costs(engine: SwarmEngine, services: int, replicas: int, runs: in
             registry = Registry()
             registry.replace_all(containers)
             started_p = time.perf_counter()
-            model = build_model(registry.entries(discovery), discovery, target, frozenset())
+            entries = ParsedEntries(registry).all(discovery)
+            model = build_model(entries, discovery, target, frozenset())
             text = render(template, model, target)
             model_ms = (time.perf_counter() - started_p) * 1000
             servers = sum(len(u.servers) for u in model.upstreams)

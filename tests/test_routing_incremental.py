@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from lbsync.config.schema import DiscoveryConfig, LabelSelector, TargetConfig
 from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
+from lbsync.model.entries import ParsedEntries
 from lbsync.model.routing import (
     EntryChanges,
     ModelBuilder,
@@ -168,6 +169,7 @@ def test_model_from_the_registrys_changes_equals_the_model_from_scratch(
     # The daemon's way: the builder asks the registry what changed since its last model and
     # looks at those ids only; several changes may come between two passes.
     registry = Registry()
+    entries = ParsedEntries(registry)
     builder = ModelBuilder()
     for (slot, container), (discovery, target, networks), stop, build_now in history:
         if container is None:
@@ -178,10 +180,10 @@ def test_model_from_the_registrys_changes_equals_the_model_from_scratch(
             registry.mark_stopping(slot_id(slot))
         if not build_now:
             continue
-        changes = registry.entries_since(discovery, builder.epoch)
+        changes = entries.since(discovery, builder.epoch)
         incremental = builder.build(changes, discovery, target, networks)
         assert builder.epoch == registry.epoch
-        assert incremental == build_model(registry.entries(discovery), discovery, target, networks)
+        assert incremental == build_model(entries.all(discovery), discovery, target, networks)
 
 
 def test_a_build_from_changes_looks_only_at_the_ids_named() -> None:

@@ -19,6 +19,7 @@ from lbsync.daemon.logs import setup_logging
 from lbsync.daemon.memory import fix_mmap_threshold, freeze_startup_objects
 from lbsync.engine.client import DockerClient, Event, NotFound, resolve_endpoint
 from lbsync.engine.inspect import container_from_inspect
+from lbsync.model.entries import ParsedEntries
 from lbsync.model.labels import parse_services, show_label
 from lbsync.model.routing import build_model
 from lbsync.model.types import RoutingModel, Service
@@ -170,7 +171,7 @@ async def render_once(
         )
         await watcher.relist("render")
     containers = registry.containers()
-    entries = registry.entries(config.discovery)
+    entries = ParsedEntries(registry).all(config.discovery)
     warned: set[str] = set()
     for spec in targets:
         proxies = find_proxies(spec, containers)

@@ -51,6 +51,7 @@ from lbsync.daemon.logs import current_pass, current_target, setup_logging
 from lbsync.daemon.metrics import Metrics
 from lbsync.engine.client import ApiVersionTooOld, DockerClient, Event, PermissionDenied
 from lbsync.engine.container import Container
+from lbsync.model.entries import ParsedEntries
 from lbsync.model.labels import parse_services
 from lbsync.model.routing import NOT_HEALTHY, NOT_RUNNING, ModelBuilder
 from lbsync.model.slots import (
@@ -198,6 +199,7 @@ class Daemon:
         self._seen_reconnects = 0  # watcher.reconnects already counted in the metrics
         self._seen_reader_failures = 0  # ... and watcher.reader_failures
         self.registry = Registry()
+        self.entries = ParsedEntries(self.registry)  # its containers with their labels parsed
         self.started_at = time.time()
         self.targets = [
             TargetState(config=target, template=load_template(target)) for target in config.targets
@@ -280,7 +282,7 @@ class Daemon:
         state.last_pass_at = time.time()
         # Entries first: a new discovery config logs every id, and the proxies are then
         # found by one scan now rather than id by id on the next pass.
-        entries = self.registry.entries_since(self.config.discovery, state.builder.epoch)
+        entries = self.entries.since(self.config.discovery, state.builder.epoch)
         proxies = state.proxies.find(target, self.registry) if uses_containers(target) else []
         if uses_containers(target) and not proxies:
             if not state.waiting_for_proxy:
