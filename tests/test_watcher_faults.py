@@ -22,7 +22,8 @@ from aiohttp import web
 
 from lbsync.config.schema import load_config
 from lbsync.daemon.daemon import Daemon
-from lbsync.engine.client import MAX_EVENT_LINE, DockerClient, Event
+from lbsync.engine.client import DockerClient, Event
+from lbsync.engine.events import MAX_EVENT_LINE
 from lbsync.state.registry import Registry
 from lbsync.state.watcher import Change, Watcher
 from lbsync.web.server import make_app

@@ -42,17 +42,16 @@ from typing import Any
 import tenacity
 
 from lbsync.config.schema import SwarmMode
-from lbsync.engine.client import (
-    MAX_EVENT_LINE,
+from lbsync.engine.client import DockerClient
+from lbsync.engine.container import Container
+from lbsync.engine.errors import (
     ApiVersionTooOld,
-    DockerClient,
     DockerError,
-    Event,
     NotFound,
     PermissionDenied,
     StreamError,
 )
-from lbsync.engine.container import Container
+from lbsync.engine.events import MAX_EVENT_LINE, Event
 from lbsync.engine.inspect import (
     ContainerParseError,
     container_from_inspect,
