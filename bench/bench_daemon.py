@@ -18,7 +18,8 @@ in a temp dir, and measures, while the N run:
 
 For every container: from its engine event (`timeNano` of `start`; of the first `kill`/
 `die`/`stop` for a stop) to the output file written with the change (`write_atomic`, wrapped
-through `lbsync.daemon.daemon`'s reference), and to the reload sent and returned (`reload`, same);
+through `lbsync.daemon.daemon`'s reference), and to the reload sent and returned (`reload` or
+`reload_container`, same);
 p50 and p99, also minus the debounce quiet window for starts (stops skip it by design).
 Per scenario: passes, writes and reloads, lbsync's CPU per event received
 (`time.process_time()` over the scenario, minus the instrumentation's own, divided by the
@@ -85,7 +86,8 @@ PACES = (2.0, 1.5)  # seconds between paced single starts
 
 #: writes, reloads, passes, CPU seconds, events seen, instrumentation CPU ns, inspects
 Marks = tuple[int, int, int, float, int, int, int]
-ReloadFn = Callable[[DockerClient, TargetConfig, Sequence[Container]], Awaitable[None]]
+ReloadFn = Callable[[DockerClient, TargetConfig], Awaitable[None]]
+ReloadContainerFn = Callable[[DockerClient, TargetConfig, Container], Awaitable[None]]
 
 
 class BenchError(RuntimeError):
@@ -275,7 +277,9 @@ class Probe:
         # The daemon module's own references: what its passes call.
         names = vars(daemon_module)
         orig_write = cast(Callable[[Path, bytes], None], names["write_atomic"])
+        # A target-wide reload (`reload: command`), or one per proxy container (`--nginx`).
         orig_reload = cast(ReloadFn, names["reload"])
+        orig_reload_container = cast(ReloadContainerFn, names["reload_container"])
 
         def write_atomic(path: Path, data: bytes) -> None:
             orig_write(path, data)
@@ -287,17 +291,23 @@ class Probe:
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._poke)
 
-        async def reload(
-            client: DockerClient, target: TargetConfig, proxies: Sequence[Container]
-        ) -> None:
+        async def timed_reload(sending: Awaitable[None]) -> None:
             sent = time.time_ns()
             ok = False
             try:
-                await orig_reload(client, target, proxies)
+                await sending
                 ok = True
             finally:
                 self.reloads.append(Reload(sent, time.time_ns(), ok))
                 self._poke()
+
+        async def reload(client: DockerClient, target: TargetConfig) -> None:
+            await timed_reload(orig_reload(client, target))
+
+        async def reload_container(
+            client: DockerClient, target: TargetConfig, proxy: Container
+        ) -> None:
+            await timed_reload(orig_reload_container(client, target, proxy))
 
         orig_pass = daemon._pass
 
@@ -313,7 +323,7 @@ class Probe:
 
         watcher = daemon.watcher
         orig_note = watcher._note
-        orig_applied = watcher._apply_inspected
+        orig_applied = watcher.updater.apply_inspected
 
         async def note(events: list[Event]) -> None:
             received = time.time_ns()
@@ -351,17 +361,19 @@ class Probe:
         setattr(client, "inspect_container", inspect_container)  # noqa: B010
         names["write_atomic"] = write_atomic
         names["reload"] = reload
+        names["reload_container"] = reload_container
         setattr(daemon, "_pass", run_pass)  # noqa: B010 (a method: mypy refuses assignment)
         setattr(watcher, "_note", note)  # noqa: B010
-        setattr(watcher, "_apply_inspected", apply_inspected)  # noqa: B010
+        setattr(watcher.updater, "apply_inspected", apply_inspected)  # noqa: B010
 
         def undo() -> None:
             names["write_atomic"] = orig_write
             names["reload"] = orig_reload
+            names["reload_container"] = orig_reload_container
             for obj, name in (
                 (daemon, "_pass"),
                 (watcher, "_note"),
-                (watcher, "_apply_inspected"),
+                (watcher.updater, "apply_inspected"),
                 (client, "inspect_container"),
             ):
                 with contextlib.suppress(AttributeError):

@@ -41,7 +41,8 @@ from lbsync.model.entries import ParsedEntries
 from lbsync.model.routing import build_model
 from lbsync.render.templates import load_template, render
 from lbsync.state.registry import Registry
-from lbsync.state.watcher import CURRENT_TASKS, subscribed_events
+from lbsync.state.subscription import subscribed_events
+from lbsync.state.swarm_state import CURRENT_TASKS
 from tests.lab import BACKEND_IMAGE, wait_for
 from tests.test_swarm import SwarmEngine
 

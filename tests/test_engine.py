@@ -30,7 +30,7 @@ from lbsync.engine.client import (
 from lbsync.engine.events import MAX_EVENT_LINE
 from lbsync.engine.exec import EXEC_OUTPUT_LIMIT
 from lbsync.engine.inspect import container_from_inspect, listing_agrees
-from lbsync.state.watcher import WATCHED_EVENTS
+from lbsync.state.event_plan import WATCHED_EVENTS
 from tests.lab import (
     TEST_LABEL,
     Lab,

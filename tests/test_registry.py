@@ -9,8 +9,8 @@ import pytest
 
 from lbsync.engine.client import Event
 from lbsync.engine.container import Container
+from lbsync.state.event_plan import container_of, is_terminating_kill, signal_name
 from lbsync.state.registry import CHANGE_LOG_SLACK, STOPPING, Registry, is_serving
-from lbsync.state.watcher import Watcher, is_terminating_kill, signal_name
 
 
 def make(cid: str = "a" * 64, **changes: object) -> Container:
@@ -163,4 +163,4 @@ def test_a_reader_too_far_behind_the_bounded_log_reads_everything() -> None:
     ],
 )
 def test_which_events_name_a_container(event: Event, expected: str | None) -> None:
-    assert Watcher._container_of(event) == expected
+    assert container_of(event) == expected

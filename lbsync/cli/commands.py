@@ -24,15 +24,10 @@ from lbsync.model.labels import parse_services, show_label
 from lbsync.model.routing import build_model
 from lbsync.model.types import RoutingModel, Service
 from lbsync.render.templates import CompiledTemplate, TemplateError, load_template, render
+from lbsync.state.event_plan import CONTAINER_ACTIONS, CONTAINER_EVENTS, REMOVED_ACTIONS
 from lbsync.state.registry import Registry
-from lbsync.state.watcher import (
-    CONTAINER_ACTIONS,
-    CONTAINER_EVENTS,
-    REMOVED_ACTIONS,
-    StreamEnd,
-    Watcher,
-    subscribed_events,
-)
+from lbsync.state.subscription import StreamEnd, subscribed_events
+from lbsync.state.watcher import Watcher
 
 
 class UserError(Exception):

@@ -8,7 +8,7 @@ that a reader (the model's parsed entries, a target's proxies) touches only thos
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from lbsync.engine.container import Container
 
@@ -24,6 +24,14 @@ def is_serving(container: Container | None) -> bool:
         container is not None
         and container.state == "running"
         and container.health in ("healthy", "none")
+    )
+
+
+def stopped_serving(registry: Registry, serving_before: Mapping[str, bool]) -> bool:
+    """Did a container that was serving (`serving_before`: id -> `is_serving` then) stop?
+    Such a change is urgent: the pass skips its quiet window."""
+    return any(
+        serving and not is_serving(registry.get(cid)) for cid, serving in serving_before.items()
     )
 
 
