@@ -338,7 +338,7 @@ class Probe:
 
         watcher = daemon.watcher
         orig_note = watcher._note
-        orig_applied = watcher._apply_inspected
+        orig_applied = watcher.updater.apply_inspected
 
         async def note(events: list[Event]) -> None:
             received = time.time_ns()
@@ -379,7 +379,7 @@ class Probe:
             names[name] = timed(orig)
         setattr(daemon, "_pass", run_pass)  # noqa: B010 (a method: mypy refuses assignment)
         setattr(watcher, "_note", note)  # noqa: B010
-        setattr(watcher, "_apply_inspected", apply_inspected)  # noqa: B010
+        setattr(watcher.updater, "apply_inspected", apply_inspected)  # noqa: B010
 
         def undo() -> None:
             names["write_atomic"] = orig_write
@@ -387,7 +387,7 @@ class Probe:
             for obj, name in (
                 (daemon, "_pass"),
                 (watcher, "_note"),
-                (watcher, "_apply_inspected"),
+                (watcher.updater, "apply_inspected"),
                 (client, "inspect_container"),
             ):
                 with contextlib.suppress(AttributeError):

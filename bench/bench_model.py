@@ -12,7 +12,7 @@ the peak RSS it reports (`ru_maxrss`) is that scenario's alone.
 Phases, each timed over `--runs` runs (best and median, `gc.collect()` before each run):
 
 * `registry load`: `Registry.upsert` of every container (what a relist adds to the HTTP).
-* `parse (cold)`: the proxies and `Registry.entries_since` on a fresh registry with the
+* `parse (cold)`: the proxies and `ParsedEntries.since` on a fresh registry with the
   label parser's memo cleared: `parse_services` for every container (replicas with equal
   labels still share one parse within the run, as they do in the daemon).
 * `build_model`, `render + encode` (builtin:nginx, or the `--template` builtin, to bytes
@@ -22,7 +22,7 @@ Phases, each timed over `--runs` runs (best and median, `gc.collect()` before ea
 * `steady pass`: a second pass over the same registry with the daemon's memory (its
   `ModelBuilder` and `FragmentCache`): nothing changed, so the builder hands back the same
   model and nothing is rendered or encoded (the proxies from the registry's change log
-  (`ProxyTracker`), `Registry.entries_since`, the model, compare: each looks only at
+  (`ProxyTracker`), `ParsedEntries.since`, the model, compare: each looks only at
   what changed since the last pass).
 * `pass after 1 change`: one container re-upserted with a new health, then a pass: its
   groups are re-settled and only its blocks re-rendered.
@@ -59,6 +59,7 @@ from lbsync.config.parse import parse_config
 from lbsync.config.schema import Config, DiscoveryConfig, TargetConfig
 from lbsync.engine.container import Container, NetworkAttachment
 from lbsync.model.builder import ModelBuilder
+from lbsync.model.entries import ParsedEntries
 from lbsync.model.types import RoutingModel
 from lbsync.render.fragments import FragmentCache
 from lbsync.render.templates import CompiledTemplate, load_template, render_bytes
@@ -180,15 +181,19 @@ class Pass:
     discovery: DiscoveryConfig
     target: TargetConfig
     template: CompiledTemplate
+    entries: ParsedEntries = dataclasses.field(init=False)
     previous: bytes | None = None
     builder: ModelBuilder = dataclasses.field(default_factory=ModelBuilder)
     proxies: ProxyTracker = dataclasses.field(default_factory=ProxyTracker)
     fragments: FragmentCache = dataclasses.field(default_factory=FragmentCache)
     rendered: tuple[RoutingModel | None, bytes] = (None, b"")
 
+    def __post_init__(self) -> None:
+        self.entries = ParsedEntries(self.registry)
+
     def steady(self, times: dict[str, float]) -> bytes:
         t0 = time.perf_counter()
-        entries = self.registry.entries_since(self.discovery, self.builder.epoch)
+        entries = self.entries.since(self.discovery, self.builder.epoch)
         t1 = time.perf_counter()
         proxies = self.proxies.find(self.target, self.registry)
         networks = frozenset(n.name for n in proxies[0].networks) if proxies else frozenset()
@@ -230,7 +235,7 @@ def cold_run(
         registry.upsert(container)
     daemon_pass = Pass(registry, discovery, target, template)
     t1 = time.perf_counter()
-    entries = registry.entries_since(discovery, None)
+    entries = daemon_pass.entries.since(discovery, None)
     proxies = daemon_pass.proxies.find(target, registry)
     networks = frozenset(n.name for n in proxies[0].networks) if proxies else frozenset()
     t2 = time.perf_counter()

@@ -38,9 +38,11 @@ from lbsync.config.schema import DiscoveryConfig, TargetConfig
 from lbsync.engine.client import DockerClient, Event, resolve_endpoint
 from lbsync.engine.swarm import node_addresses, service_containers, tasks_by_service
 from lbsync.model.builder import build_model
+from lbsync.model.entries import ParsedEntries
 from lbsync.render.templates import load_template, render
 from lbsync.state.registry import Registry
-from lbsync.state.watcher import CURRENT_TASKS, subscribed_events
+from lbsync.state.subscription import subscribed_events
+from lbsync.state.swarm_state import CURRENT_TASKS
 from tests.lab import BACKEND_IMAGE, wait_for
 from tests.test_swarm import SwarmEngine
 
@@ -130,7 +132,8 @@ async def list_costs(engine: SwarmEngine, services: int, replicas: int, runs: in
             registry = Registry()
             registry.replace_all(containers)
             started_p = time.perf_counter()
-            model = build_model(registry.entries(discovery), discovery, target, frozenset())
+            entries = ParsedEntries(registry).all(discovery)
+            model = build_model(entries, discovery, target, frozenset())
             text = render(template, model, target)
             model_ms = (time.perf_counter() - started_p) * 1000
             servers = sum(len(u.servers) for u in model.upstreams)

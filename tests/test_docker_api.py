@@ -20,18 +20,15 @@ from lbsync.engine.client import (
     EngineUnreachable,
     Event,
     ExecResult,
-    FrameReader,
-    LineSplitter,
     NotFound,
-    OversizedLine,
     PermissionDenied,
     ServerError,
     StreamError,
-    demultiplex,
     format_version,
-    oversized_event,
     resolve_endpoint,
 )
+from lbsync.engine.events import LineSplitter, OversizedLine, oversized_event
+from lbsync.engine.exec import FrameReader, demultiplex
 from tests.fake_engine import FakeEngine, event_line
 
 # --- version negotiation ---------------------------------------------------------------

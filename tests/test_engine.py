@@ -19,9 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from lbsync.engine.client import (
-    EXEC_OUTPUT_LIMIT,
     MAX_API_VERSION,
-    MAX_EVENT_LINE,
     Conflict,
     DockerClient,
     Event,
@@ -29,8 +27,10 @@ from lbsync.engine.client import (
     NotFound,
     parse_version,
 )
+from lbsync.engine.events import MAX_EVENT_LINE
+from lbsync.engine.exec import EXEC_OUTPUT_LIMIT
 from lbsync.engine.inspect import container_from_inspect, listing_agrees
-from lbsync.state.watcher import WATCHED_EVENTS
+from lbsync.state.event_plan import WATCHED_EVENTS
 from tests.lab import (
     TEST_LABEL,
     Lab,

@@ -23,7 +23,7 @@ from lbsync.config.schema import DiscoveryConfig, TargetConfig
 from lbsync.engine.client import Event, NotFound
 from lbsync.engine.container import Container, NetworkAttachment
 from lbsync.model.builder import build_model
-from lbsync.model.routing import parse_entry
+from lbsync.model.entries import parse_entry
 from lbsync.model.types import Service
 from lbsync.render.templates import load_template, render
 from lbsync.state.registry import Registry

@@ -32,6 +32,7 @@ from lbsync.apply.selection import ProxyTracker
 from lbsync.config.schema import DiscoveryConfig, TargetConfig
 from lbsync.engine.container import Container, NetworkAttachment
 from lbsync.model.builder import ModelBuilder
+from lbsync.model.entries import ParsedEntries
 from lbsync.model.types import RoutingModel
 from lbsync.render.fragments import FragmentCache
 from lbsync.render.templates import CompiledTemplate, load_template, render_bytes
@@ -53,13 +54,17 @@ class DaemonPass:
     registry: Registry
     target: TargetConfig
     template: CompiledTemplate
+    entries: ParsedEntries = field(init=False)
     builder: ModelBuilder = field(default_factory=ModelBuilder)
     proxies: ProxyTracker = field(default_factory=ProxyTracker)
     fragments: FragmentCache = field(default_factory=FragmentCache)
     rendered: tuple[RoutingModel | None, bytes] = (None, b"")
 
+    def __post_init__(self) -> None:
+        self.entries = ParsedEntries(self.registry)
+
     def run(self) -> bytes:
-        changes = self.registry.entries_since(DISCOVERY, self.builder.epoch)
+        changes = self.entries.since(DISCOVERY, self.builder.epoch)
         found = self.proxies.find(self.target, self.registry)
         networks = frozenset(n.name for n in found[0].networks) if found else frozenset()
         model = self.builder.build(changes, DISCOVERY, self.target, networks)

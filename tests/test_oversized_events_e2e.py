@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lbsync.engine.client import MAX_EVENT_LINE
+from lbsync.engine.events import MAX_EVENT_LINE
 from tests.harness import LbsyncHarness
 from tests.lab import Lab, bulky_labels
 from tests.scenarios import server_line

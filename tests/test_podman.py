@@ -50,13 +50,8 @@ from lbsync.engine.client import (
     resolve_endpoint,
 )
 from lbsync.engine.inspect import container_from_inspect
-from lbsync.state.watcher import (
-    CONTAINER_ACTIONS,
-    WATCHED_EVENTS,
-    StreamEnd,
-    is_terminating_kill,
-    subscribed_events,
-)
+from lbsync.state.event_plan import CONTAINER_ACTIONS, WATCHED_EVENTS, is_terminating_kill
+from lbsync.state.subscription import StreamEnd, subscribed_events
 from tests.conftest import IN_CI, require_engine
 from tests.fake_engine import FakeEngine
 from tests.lab import BACKEND_IMAGE, NGINX_IMAGE, free_port, images_available, wait_for

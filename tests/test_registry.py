@@ -7,12 +7,10 @@ from types import MappingProxyType
 
 import pytest
 
-from lbsync.config.schema import DiscoveryConfig
 from lbsync.engine.client import Event
 from lbsync.engine.container import Container
-from lbsync.model import labels as labels_memo
-from lbsync.state.registry import CHANGE_LOG_SLACK, PARSE_MEMO_SLACK, STOPPING, Registry, is_serving
-from lbsync.state.watcher import Watcher, is_terminating_kill, signal_name
+from lbsync.state.event_plan import container_of, is_terminating_kill, signal_name
+from lbsync.state.registry import CHANGE_LOG_SLACK, STOPPING, Registry, is_serving
 
 
 def make(cid: str = "a" * 64, **changes: object) -> Container:
@@ -111,40 +109,6 @@ def test_replace_all_reconciles() -> None:
     assert not registry.replace_all([make("b" * 64), make("c" * 64)])
 
 
-def test_entries_parse_once_per_label_change() -> None:
-    registry = Registry()
-    registry.upsert(make())
-    discovery = DiscoveryConfig()
-    first = registry.entries(discovery)[0]
-    registry.upsert(make(health="healthy"))
-    second = registry.entries(discovery)[0]
-    assert second.parsed is first.parsed  # state changed, labels did not: no re-parse
-    relabelled = {"lbsync.enable": "true", "lbsync.host": "b.test", "lbsync.port": "80"}
-    registry.upsert(make(labels=MappingProxyType(relabelled)))
-    third = registry.entries(discovery)[0]
-    assert third.parsed is not first.parsed
-    assert third.parsed.services[0].hosts == ("b.test",)
-
-
-def test_entries_keep_the_objects_of_unchanged_containers() -> None:
-    registry = Registry()
-    for i in range(3):
-        registry.upsert(make(cid=str(i) * 64, name=f"web-{i}"))
-    discovery = DiscoveryConfig()
-    first = {e.container.id: e for e in registry.entries(discovery)}
-    registry.upsert(make(cid="1" * 64, name="web-1", health="healthy"))
-    registry.mark_stopping("2" * 64)
-    second = {e.container.id: e for e in registry.entries(discovery)}
-    assert second["0" * 64] is first["0" * 64]  # untouched: the very same entry
-    assert second["1" * 64].container.health == "healthy"
-    assert second["2" * 64].container.state == STOPPING
-    assert registry.entries(discovery)[2] is second["2" * 64]  # a stopping view is kept too
-    registry.remove("0" * 64)
-    assert sorted(e.container.name for e in registry.entries(discovery)) == ["web-1", "web-2"]
-    other = dataclasses.replace(discovery, label_prefix="other")
-    assert all(not e.parsed.enabled for e in registry.entries(other))  # a new config: all
-
-
 def test_the_change_log_names_what_changed_since_an_epoch() -> None:
     registry = Registry()
     a, b = "a" * 64, "b" * 64
@@ -163,6 +127,9 @@ def test_the_change_log_names_what_changed_since_an_epoch() -> None:
     registry.remove(b)
     assert registry.changed_since(middle) == frozenset({a, b})
     assert registry.changed_since(start) == frozenset({a, b})
+    end = registry.epoch
+    registry.log_all()  # a reader's reading of every container changed: all of them logged
+    assert registry.changed_since(end) == frozenset({a})
 
 
 def test_a_reader_too_far_behind_the_bounded_log_reads_everything() -> None:
@@ -176,28 +143,6 @@ def test_a_reader_too_far_behind_the_bounded_log_reads_everything() -> None:
     assert registry.changed_since(start) is None  # its part of the log is gone
     assert registry.changed_since(recent) == frozenset({"a" * 64})
     assert registry.epoch - start == 3 * CHANGE_LOG_SLACK + 1  # epochs keep counting
-
-
-def test_entries_since_gives_every_entry_and_the_changes() -> None:
-    registry = Registry()
-    discovery = DiscoveryConfig()
-    for i in range(3):
-        registry.upsert(make(str(i) * 64, name=f"web-{i}"))
-    first = registry.entries_since(discovery, None)
-    assert first.changed is None
-    assert sorted(first.entries) == [str(i) * 64 for i in range(3)]
-    registry.upsert(make("1" * 64, name="web-1", health="healthy"))
-    second = registry.entries_since(discovery, first.epoch)
-    assert second.changed == frozenset({"1" * 64})
-    assert second.entries["1" * 64].container.health == "healthy"
-    assert second.entries["0" * 64] is first.entries["0" * 64]
-    with pytest.raises(TypeError):
-        second.entries["x"] = second.entries["0" * 64]  # type: ignore[index]
-    # Another discovery config re-parses every entry: all of them changed.
-    other = dataclasses.replace(discovery, label_prefix="other")
-    third = registry.entries_since(other, second.epoch)
-    assert third.changed == frozenset(str(i) * 64 for i in range(3))
-    assert registry.entries_since(other, third.epoch).changed == frozenset()
 
 
 @pytest.mark.parametrize(
@@ -218,28 +163,4 @@ def test_entries_since_gives_every_entry_and_the_changes() -> None:
     ],
 )
 def test_which_events_name_a_container(event: Event, expected: str | None) -> None:
-    assert Watcher._container_of(event) == expected
-
-
-def test_hosts_that_came_and_went_leave_the_parse_memo() -> None:
-    # One host per short-lived container (preview environments): the memo follows what the
-    # registry holds, not every label set it ever saw.
-    registry = Registry()
-    discovery = DiscoveryConfig()
-    labels_memo.trim_parse_memo([])  # other tests' leftovers
-    for i in range(3 * PARSE_MEMO_SLACK):
-        cid = f"{i:064x}"
-        labels = {"lbsync.enable": "true", "lbsync.host": f"pr-{i}.test", "lbsync.port": "80"}
-        registry.upsert(make(cid, labels=MappingProxyType(labels)))
-        registry.remove(f"{i - 1:064x}")
-        [entry] = registry.entries(discovery)
-        assert entry.parsed.services[0].hosts == (f"pr-{i}.test",)
-        assert labels_memo.parse_memo_size() <= 2 * len(registry) + PARSE_MEMO_SLACK + 1
-
-
-def test_replicas_share_one_parse() -> None:
-    registry = Registry()
-    for i in range(3):
-        registry.upsert(make(f"{i:064x}"))
-    parsed = {id(entry.parsed) for entry in registry.entries(DiscoveryConfig())}
-    assert len(parsed) == 1
+    assert container_of(event) == expected

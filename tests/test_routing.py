@@ -21,9 +21,9 @@ from lbsync.config.selectors import LabelSelector
 from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
 from lbsync.model import groups
 from lbsync.model.builder import build_model
+from lbsync.model.entries import ParsedEntry, parse_entry
 from lbsync.model.groups import NO_ADDRESS, NOT_HEALTHY, NOT_PUBLISHED, NOT_RUNNING
 from lbsync.model.label_grammar import INVALID_LABEL
-from lbsync.model.routing import ParsedEntry, parse_entry
 from lbsync.model.types import ContainerRef, DiscoveredContainer, RoutingModel, Server
 from lbsync.model.upstream_names import derived_upstream_name
 

@@ -22,7 +22,7 @@ from lbsync.config.schema import DiscoveryConfig, TargetConfig
 from lbsync.config.selectors import LabelSelector
 from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
 from lbsync.model.builder import ModelBuilder, build_model
-from lbsync.model.routing import EntryChanges, ParsedEntry, parse_entry
+from lbsync.model.entries import EntryChanges, ParsedEntries, ParsedEntry, parse_entry
 from lbsync.model.upstream_names import derived_upstream_name
 from lbsync.state.registry import Registry
 
@@ -164,6 +164,7 @@ def test_model_from_the_registrys_changes_equals_the_model_from_scratch(
     # The daemon's way: the builder asks the registry what changed since its last model and
     # looks at those ids only; several changes may come between two passes.
     registry = Registry()
+    entries = ParsedEntries(registry)
     builder = ModelBuilder()
     for (slot, container), (discovery, target, networks), stop, build_now in history:
         if container is None:
@@ -174,10 +175,10 @@ def test_model_from_the_registrys_changes_equals_the_model_from_scratch(
             registry.mark_stopping(slot_id(slot))
         if not build_now:
             continue
-        changes = registry.entries_since(discovery, builder.epoch)
+        changes = entries.since(discovery, builder.epoch)
         incremental = builder.build(changes, discovery, target, networks)
         assert builder.epoch == registry.epoch
-        assert incremental == build_model(registry.entries(discovery), discovery, target, networks)
+        assert incremental == build_model(entries.all(discovery), discovery, target, networks)
 
 
 def test_a_build_from_changes_looks_only_at_the_ids_named() -> None:

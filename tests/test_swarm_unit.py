@@ -45,9 +45,10 @@ from lbsync.engine.swarm import (
     task_container_id,
 )
 from lbsync.model.builder import build_model
-from lbsync.model.routing import parse_entry
+from lbsync.model.entries import parse_entry
+from lbsync.state.event_plan import WATCHED_EVENTS
 from lbsync.state.registry import Registry, is_serving
-from lbsync.state.watcher import WATCHED_EVENTS, Change, Watcher
+from lbsync.state.watcher import Change, Watcher
 from tests.fake_engine import FakeEngine
 
 DATA = Path(__file__).parent / "testdata" / "swarm"
@@ -655,8 +656,8 @@ async def test_a_kill_of_a_task_container_drains_its_task(
 async def test_tasks_are_listed_again_until_the_service_settles(
     manager: FakeManager, start: Callable[..., Running], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("lbsync.state.watcher.SETTLE_INTERVAL", 0.05)
-    monkeypatch.setattr("lbsync.state.watcher.SETTLE_MIN", 0.2)
+    monkeypatch.setattr("lbsync.state.swarm_state.SETTLE_INTERVAL", 0.05)
+    monkeypatch.setattr("lbsync.state.swarm_state.SETTLE_MIN", 0.2)
     vip = SERVICES["vipsvc"]
     manager.services = {vip["ID"]: vip}
     running = start()
@@ -669,7 +670,7 @@ async def test_tasks_are_listed_again_until_the_service_settles(
     # On another node the task starts with no event at all: the polls see it.
     manager.tasks = tasks_of("vipsvc")
     await until(lambda: running.state("vipsvc.1") == "running")
-    await until(lambda: not running.watcher._settling)  # settled: the polls stop
+    await until(lambda: not running.watcher.swarm_state.settling)  # settled: the polls stop
     count = len(manager.calls("tasks"))
     await asyncio.sleep(0.3)
     assert len(manager.calls("tasks")) == count

@@ -58,7 +58,7 @@ class Followed:
         except TimeoutError:
             actions = [e.action for e in self.seen if not e.base_action.startswith("exec_")]
             raise AssertionError(f"{what}: not within {DEADLINE:g} s; events {actions}") from None
-        await self.watcher._drain_inspects()
+        await self.watcher.updater.drain()
 
     def saw(self, cid: str, action: str) -> bool:
         return any(

@@ -22,7 +22,7 @@ import pytest
 from lbsync.engine.client import DockerClient, Event, NotFound
 from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
 from lbsync.engine.inspect import container_from_inspect, parse_created
-from lbsync.state import watcher as watcher_module
+from lbsync.state import containers as containers_module
 from lbsync.state.registry import Registry, exited
 from lbsync.state.watcher import Change, Watcher
 
@@ -394,7 +394,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 async def test_events(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(watcher_module, "PODMAN_HEALTH_RECHECK", 0.0)
+    monkeypatch.setattr(containers_module, "PODMAN_HEALTH_RECHECK", 0.0)
     s = setup(case.known, case.engine)
     for batch in case.batches:
         await s.watcher.apply(list(batch))
@@ -405,7 +405,7 @@ async def test_events(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
             await s.watcher.apply([])
 
     assert len(s.client.inspected) == case.inspects
-    assert s.watcher.inspects == case.inspects
+    assert s.watcher.updater.inspects == case.inspects
     stored = s.registry.raw(CID)
     if case.state is None:
         assert stored is None
@@ -420,7 +420,7 @@ async def test_events(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
         shown = s.registry.get(CID)
         assert shown is not None and shown.state == "running"  # no stop mark either
     if case.state != "running":
-        assert s.watcher._final_kill == {}  # nothing kept for a run that is over
+        assert s.watcher.updater._final_kill == {}  # nothing kept for a run that is over
 
 
 async def test_docker_stop_carries_each_event_time() -> None:
@@ -433,7 +433,7 @@ async def test_docker_stop_carries_each_event_time() -> None:
         (True, "stopping", STOP_EVENTS[0].time_nano),
         (False, "event", STOP_EVENTS[2].time_nano),
     ]
-    assert s.watcher._event_ns == {}
+    assert s.watcher.updater._event_ns == {}
 
 
 async def test_die_while_an_inspect_is_in_flight_is_inspected_again() -> None:
@@ -459,7 +459,7 @@ async def test_die_while_an_inspect_is_in_flight_is_inspected_again() -> None:
 
 async def test_health_change_of_a_container_no_target_selects_tells_nobody() -> None:
     s = setup(inspect_json("running", health="healthy"), None)
-    s.watcher.matters = lambda c: False
+    s.watcher.updater.matters = lambda c: False
     await s.watcher.apply([event("health_status: unhealthy", 100)])
     stored = s.registry.raw(CID)
     assert stored is not None and stored.health == "unhealthy"
@@ -470,10 +470,10 @@ async def test_health_change_of_a_container_no_target_selects_tells_nobody() -> 
 async def test_removal_forgets_the_final_kill() -> None:
     s = setup(inspect_json("running"), None)
     await s.watcher.apply([kill(100, "9")])
-    assert s.watcher._final_kill == {CID: STARTED}
+    assert s.watcher.updater._final_kill == {CID: STARTED}
     await s.watcher.apply([event("destroy", 200)])
     assert CID not in s.registry
-    assert s.watcher._final_kill == {}
+    assert s.watcher.updater._final_kill == {}
 
 
 async def test_a_new_run_forgets_the_final_kill_of_the_old_one() -> None:
@@ -481,7 +481,7 @@ async def test_a_new_run_forgets_the_final_kill_of_the_old_one() -> None:
     s = setup(inspect_json("running"), inspect_json("running", started="2026-11-28T06:00:00Z"))
     await s.watcher.apply([kill(100, "15")])
     await s.watcher.apply([event("restart", 200)])  # inspected: a new run
-    assert s.watcher._final_kill == {}
+    assert s.watcher.updater._final_kill == {}
     s.client.containers[CID] = inspect_json("restarting", started="2026-11-28T06:00:00Z")
     await s.watcher.apply([event("die", 3_600_000)])
     stored = s.registry.raw(CID)

@@ -23,7 +23,8 @@ from aiohttp import web
 from lbsync.config.load import load_config
 from lbsync.daemon.daemon import Daemon
 from lbsync.daemon.snapshot import web_app
-from lbsync.engine.client import MAX_EVENT_LINE, DockerClient, Event
+from lbsync.engine.client import DockerClient, Event
+from lbsync.engine.events import MAX_EVENT_LINE
 from lbsync.state.registry import Registry
 from lbsync.state.watcher import Change, Watcher
 from tests.fake_engine import FakeEngine, event_line

@@ -48,7 +48,7 @@ def find_proxies(target: TargetConfig, containers: Iterable[Container]) -> list[
 
 
 class ContainerFeed(Protocol):
-    """What `ProxyTracker` reads: `lbsync.registry.Registry` is one."""
+    """What `ProxyTracker` reads: `lbsync.state.registry.Registry` is one."""
 
     @property
     def epoch(self) -> int: ...

@@ -20,19 +20,15 @@ from lbsync.daemon.memory import fix_mmap_threshold, freeze_startup_objects
 from lbsync.engine.client import DockerClient, Event, NotFound, resolve_endpoint
 from lbsync.engine.inspect import container_from_inspect
 from lbsync.model.builder import build_model
+from lbsync.model.entries import ParsedEntries
 from lbsync.model.label_grammar import show_label
 from lbsync.model.labels import parse_services
 from lbsync.model.types import RoutingModel, Service
 from lbsync.render.templates import CompiledTemplate, TemplateError, load_template, render
+from lbsync.state.event_plan import CONTAINER_ACTIONS, CONTAINER_EVENTS, REMOVED_ACTIONS
 from lbsync.state.registry import Registry
-from lbsync.state.watcher import (
-    CONTAINER_ACTIONS,
-    CONTAINER_EVENTS,
-    REMOVED_ACTIONS,
-    StreamEnd,
-    Watcher,
-    subscribed_events,
-)
+from lbsync.state.subscription import StreamEnd, subscribed_events
+from lbsync.state.watcher import Watcher
 
 
 class UserError(Exception):
@@ -171,7 +167,7 @@ async def render_once(
         )
         await watcher.relist("render")
     containers = registry.containers()
-    entries = registry.entries(config.discovery)
+    entries = ParsedEntries(registry).all(config.discovery)
     warned: set[str] = set()
     for spec in targets:
         proxies = find_proxies(spec, containers)

@@ -38,6 +38,7 @@ from lbsync.daemon.reports import PassReports, RecentChange
 from lbsync.daemon.target import TargetState
 from lbsync.engine.client import ApiVersionTooOld, DockerClient, Event, PermissionDenied
 from lbsync.engine.container import Container
+from lbsync.model.entries import ParsedEntries
 from lbsync.model.labels import parse_services
 from lbsync.render.templates import TemplateError, load_template
 from lbsync.state.registry import Registry
@@ -71,6 +72,7 @@ class Daemon:
         self._seen_reconnects = 0  # watcher.reconnects already counted in the metrics
         self._seen_reader_failures = 0  # ... and watcher.reader_failures
         self.registry = Registry()
+        self.entries = ParsedEntries(self.registry)  # its containers with their labels parsed
         self.started_at = time.time()
         self.targets = [
             TargetState(config=target, template=load_template(target)) for target in config.targets
@@ -96,6 +98,7 @@ class Daemon:
         self.executor = PassExecutor(
             client,
             self.registry,
+            self.entries,
             self.metrics,
             PassReports(self.metrics, self.changes),
             poke=self.debouncer.poke,

@@ -49,6 +49,7 @@ from lbsync.daemon.reports import PassReports
 from lbsync.daemon.target import TargetState
 from lbsync.engine.client import DockerClient
 from lbsync.engine.container import Container
+from lbsync.model.entries import ParsedEntries
 from lbsync.model.slots import RuntimeSlots, runtime_commands
 from lbsync.model.types import RoutingModel
 from lbsync.render.templates import TemplateError, render_bytes
@@ -66,12 +67,14 @@ class PassExecutor:
         self,
         client: DockerClient,
         registry: Registry,
+        entries: ParsedEntries,
         metrics: Metrics,
         reports: PassReports,
         poke: Callable[[], None],
     ) -> None:
         self.client = client
         self.registry = registry
+        self.entries = entries  # the registry's containers with their labels parsed
         self.metrics = metrics
         self.reports = reports
         self._poke = poke  # asks for a pass: a retry
@@ -85,7 +88,7 @@ class PassExecutor:
         state.last_pass_at = time.time()
         # Entries first: a new discovery config logs every id, and the proxies are then
         # found by one scan now rather than id by id on the next pass.
-        entries = self.registry.entries_since(discovery, state.builder.epoch)
+        entries = self.entries.since(discovery, state.builder.epoch)
         in_containers = uses_containers(target)
         proxies = state.proxies.find(target, self.registry) if in_containers else []
         if proxy_action(ProxyFacts(in_containers, bool(proxies))) is Action.WAIT_FOR_PROXY:

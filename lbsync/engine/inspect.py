@@ -89,7 +89,9 @@ def kept_env(entries: Any) -> Mapping[str, str]:
     return MappingProxyType(env) if env else EMPTY_MAPPING
 
 
-def _dict(value: Any) -> dict[str, Any]:
+def json_object(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one: a field the engine left out, sent
+    as null or as something else reads as no field at all."""
     return value if isinstance(value, dict) else {}
 
 
@@ -105,9 +107,9 @@ def _port_number(spec: str) -> int | None:
 def _health(state: dict[str, Any], config: dict[str, Any]) -> str:
     # Docker and Podman's Docker-compatible API say `Health`; Podman 4's own (libpod) inspect
     # says `Healthcheck`. A container without a check: no key (Docker), Status "" (Podman).
-    health = _dict(state.get("Health") or state.get("Healthcheck"))
+    health = json_object(state.get("Health") or state.get("Healthcheck"))
     status = health.get("Status")
-    test = _dict(config.get("Healthcheck")).get("Test")
+    test = json_object(config.get("Healthcheck")).get("Test")
     if isinstance(test, list) and test[:1] == ["NONE"]:
         return "none"
     if status in ("healthy", "unhealthy", "starting"):
@@ -131,29 +133,31 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
     container_id = data.get("Id")
     if not isinstance(container_id, str) or not container_id:
         raise ContainerParseError("inspect answer has no Id")
-    config = _dict(data.get("Config"))
-    state = _dict(data.get("State"))
-    host_config = _dict(data.get("HostConfig"))
-    settings = _dict(data.get("NetworkSettings"))
+    config = json_object(data.get("Config"))
+    state = json_object(data.get("State"))
+    host_config = json_object(data.get("HostConfig"))
+    settings = json_object(data.get("NetworkSettings"))
 
-    labels = {shared(str(k)): shared(str(v)) for k, v in _dict(config.get("Labels")).items()}
+    labels = {shared(str(k)): shared(str(v)) for k, v in json_object(config.get("Labels")).items()}
 
     exposed: set[int] = set()
-    for spec in _dict(config.get("ExposedPorts")):
+    for spec in json_object(config.get("ExposedPorts")):
         port = _port_number(spec)
         if port is not None:
             exposed.add(port)
     published: list[PublishedPort] = []
-    for spec, bindings in _dict(settings.get("Ports")).items():
+    for spec, bindings in json_object(settings.get("Ports")).items():
         port = _port_number(spec)
         if port is None:
             continue
         exposed.add(port)
         for binding in bindings or ():
-            host_port = str(_dict(binding).get("HostPort") or "")
+            host_port = str(json_object(binding).get("HostPort") or "")
             if host_port.isdigit():
                 published.append(
-                    PublishedPort(port, str(_dict(binding).get("HostIp") or ""), int(host_port))
+                    PublishedPort(
+                        port, str(json_object(binding).get("HostIp") or ""), int(host_port)
+                    )
                 )
 
     networks = tuple(
@@ -161,10 +165,10 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
             (
                 NetworkAttachment(
                     name=shared(str(name)),
-                    network_id=shared(str(_dict(net).get("NetworkID") or "")),
-                    ip=str(_dict(net).get("IPAddress") or ""),
+                    network_id=shared(str(json_object(net).get("NetworkID") or "")),
+                    ip=str(json_object(net).get("IPAddress") or ""),
                 )
-                for name, net in _dict(settings.get("Networks")).items()
+                for name, net in json_object(settings.get("Networks")).items()
             ),
             key=lambda n: n.name,
         )
@@ -227,7 +231,7 @@ def listed_container(item: Mapping[str, Any]) -> ListedContainer:
     """A listing entry as `ListedContainer` (what cannot be read is left empty: it then
     disagrees with the inspect, and the container is inspected)."""
     names = item.get("Names")
-    networks = _dict(_dict(item.get("NetworkSettings")).get("Networks"))
+    networks = json_object(json_object(item.get("NetworkSettings")).get("Networks"))
     return ListedContainer(
         id=str(item.get("Id") or ""),
         names=tuple(str(n) for n in names) if isinstance(names, list) else (),
@@ -237,8 +241,8 @@ def listed_container(item: Mapping[str, Any]) -> ListedContainer:
             sorted(
                 (
                     str(name),
-                    str(_dict(net).get("NetworkID") or ""),
-                    str(_dict(net).get("IPAddress") or ""),
+                    str(json_object(net).get("NetworkID") or ""),
+                    str(json_object(net).get("IPAddress") or ""),
                 )
                 for name, net in networks.items()
             )

@@ -56,7 +56,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
-from lbsync.engine.inspect import kept_env, parse_created
+from lbsync.engine.inspect import json_object, kept_env, parse_created
 
 SERVICE_ID_LABEL: Final = "com.docker.swarm.service.id"
 TASK_ID_LABEL: Final = "com.docker.swarm.task.id"
@@ -81,10 +81,6 @@ STARTING_STATES: Final = frozenset(
 )
 #: `UpdateStatus.State` values while swarm replaces a service's tasks.
 UPDATING_STATES: Final = frozenset({"updating", "rollback_started"})
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _list(value: Any) -> list[Any]:
@@ -114,7 +110,7 @@ class SwarmInfo:
 
 
 def swarm_info(info: Mapping[str, Any]) -> SwarmInfo:
-    swarm = _dict(info.get("Swarm"))
+    swarm = json_object(info.get("Swarm"))
     return SwarmInfo(
         node_id=_str(swarm.get("NodeID")),
         node_addr=_str(swarm.get("NodeAddr")),
@@ -126,7 +122,7 @@ def swarm_info(info: Mapping[str, Any]) -> SwarmInfo:
 def node_addresses(nodes: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     """Node id -> its `Status.Addr` as the engine reports it ("" when it has none)."""
     return {
-        _str(node.get("ID")): _str(_dict(node.get("Status")).get("Addr"))
+        _str(node.get("ID")): _str(json_object(node.get("Status")).get("Addr"))
         for node in nodes
         if _str(node.get("ID"))
     }
@@ -138,9 +134,9 @@ def node_states(nodes: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, str,
     attachments swarm gives it for every new overlay network, change nothing here.)"""
     return {
         _str(node.get("ID")): (
-            _str(_dict(node.get("Status")).get("Addr")),
-            _str(_dict(node.get("Status")).get("State")),
-            _str(_dict(node.get("Spec")).get("Availability")),
+            _str(json_object(node.get("Status")).get("Addr")),
+            _str(json_object(node.get("Status")).get("State")),
+            _str(json_object(node.get("Spec")).get("Availability")),
         )
         for node in nodes
         if _str(node.get("ID"))
@@ -195,17 +191,17 @@ def service_id(service: Mapping[str, Any]) -> str:
 
 
 def service_name(service: Mapping[str, Any]) -> str:
-    return _str(_dict(service.get("Spec")).get("Name")) or service_id(service)[:12]
+    return _str(json_object(service.get("Spec")).get("Name")) or service_id(service)[:12]
 
 
 def _service_labels(service: Mapping[str, Any]) -> Mapping[str, str]:
-    labels = _dict(_dict(service.get("Spec")).get("Labels"))
+    labels = json_object(json_object(service.get("Spec")).get("Labels"))
     return MappingProxyType({str(k): str(v) for k, v in labels.items()})
 
 
 def _container_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """`ContainerSpec` of a task spec (a task's `Spec`, a service's `Spec.TaskTemplate`)."""
-    return _dict(spec.get("ContainerSpec"))
+    return json_object(spec.get("ContainerSpec"))
 
 
 def _env(container_spec: Mapping[str, Any]) -> Mapping[str, str]:
@@ -216,13 +212,15 @@ def _env(container_spec: Mapping[str, Any]) -> Mapping[str, str]:
 def _endpoint_ports(service: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The service's port configs: the allocated ones (`Endpoint.Ports`, with the published
     port swarm picked), else the spec's."""
-    endpoint = _dict(service.get("Endpoint"))
+    endpoint = json_object(service.get("Endpoint"))
     ports = _list(endpoint.get("Ports"))
     if not ports:
-        ports = _list(_dict(endpoint.get("Spec")).get("Ports"))
+        ports = _list(json_object(endpoint.get("Spec")).get("Ports"))
     if not ports:
-        ports = _list(_dict(_dict(service.get("Spec")).get("EndpointSpec")).get("Ports"))
-    return [_dict(p) for p in ports]
+        ports = _list(
+            json_object(json_object(service.get("Spec")).get("EndpointSpec")).get("Ports")
+        )
+    return [json_object(p) for p in ports]
 
 
 def _tcp_port(value: Any) -> int | None:
@@ -270,13 +268,13 @@ class _Attachment:
 def _attachments(task: Mapping[str, Any]) -> list[_Attachment]:
     found = []
     for item in _list(task.get("NetworksAttachments")):
-        network = _dict(_dict(item).get("Network"))
-        spec = _dict(network.get("Spec"))
+        network = json_object(json_object(item).get("Network"))
+        spec = json_object(network.get("Spec"))
         name = _str(spec.get("Name"))
-        driver = _str(_dict(network.get("DriverState")).get("Name")) or _str(
-            _dict(spec.get("DriverConfiguration")).get("Name")
+        driver = _str(json_object(network.get("DriverState")).get("Name")) or _str(
+            json_object(spec.get("DriverConfiguration")).get("Name")
         )
-        addresses = [a for a in _list(_dict(item).get("Addresses")) if isinstance(a, str)]
+        addresses = [a for a in _list(json_object(item).get("Addresses")) if isinstance(a, str)]
         # The IPv4 address first, like a container's `IPAddress`; else the first one.
         ipv4 = [a for a in addresses if ":" not in a]
         address = (ipv4 or addresses or [""])[0].partition("/")[0]
@@ -296,7 +294,7 @@ def _is_current(task: Mapping[str, Any]) -> bool:
     """A task swarm wants running, or one still running while swarm stops it. The tasks of
     earlier runs that swarm keeps as history (`TaskHistoryRetentionLimit`) are not."""
     desired = _str(task.get("DesiredState"))
-    state = _str(_dict(task.get("Status")).get("State"))
+    state = _str(json_object(task.get("Status")).get("State"))
     if desired == "running":
         return True
     return state not in TERMINAL_STATES and state != ""
@@ -305,7 +303,7 @@ def _is_current(task: Mapping[str, Any]) -> bool:
 def task_state(task: Mapping[str, Any]) -> str:
     """`running` only when the task runs and swarm wants it to; `stopping` when it runs and
     swarm is stopping it; else the task's own state (`pending`, `starting`, `failed`, ...)."""
-    state = _str(_dict(task.get("Status")).get("State")) or "unknown"
+    state = _str(json_object(task.get("Status")).get("State")) or "unknown"
     if state == "running" and _str(task.get("DesiredState")) != "running":
         return STOPPING
     return state
@@ -336,12 +334,12 @@ def task_container(
     here gets its container's health; elsewhere "none": swarm itself holds a task with a
     health check in `starting` until it is healthy, and replaces it when it turns unhealthy).
     """
-    task_spec = _dict(task.get("Spec"))
+    task_spec = json_object(task.get("Spec"))
     container_spec = _container_spec(task_spec) or _container_spec(
-        _dict(_dict(service.get("Spec")).get("TaskTemplate"))
+        json_object(json_object(service.get("Spec")).get("TaskTemplate"))
     )
-    status = _dict(task.get("Status"))
-    container_id = _str(_dict(status.get("ContainerStatus")).get("ContainerID"))
+    status = json_object(task.get("Status"))
+    container_id = _str(json_object(status.get("ContainerStatus")).get("ContainerID"))
     health = "none"
     if container_health is not None and container_id in container_health:
         health = container_health[container_id]
@@ -371,7 +369,9 @@ def task_container(
         )
 
     ports = _endpoint_ports(service)
-    port_status = [_dict(p) for p in _list(_dict(status.get("PortStatus")).get("Ports"))]
+    port_status = [
+        json_object(p) for p in _list(json_object(status.get("PortStatus")).get("Ports"))
+    ]
     published = _published(ports, "ingress", "") + _published(
         port_status or ports, "host", node_ip or ""
     )
@@ -397,8 +397,8 @@ def _service_container(
     networks: tuple[NetworkAttachment, ...] = (),
 ) -> Container:
     """The service as one `Container`: its VIP container, or a placeholder."""
-    spec = _dict(service.get("Spec"))
-    container_spec = _container_spec(_dict(spec.get("TaskTemplate")))
+    spec = json_object(service.get("Spec"))
+    container_spec = _container_spec(json_object(spec.get("TaskTemplate")))
     return Container(
         id=service_container_id(service_id(service)),
         name=service_name(service),
@@ -425,9 +425,9 @@ def virtual_ips(
         for attachment in _attachments(task):
             names.setdefault(attachment.network_id, attachment)
     found = []
-    for vip in _list(_dict(service.get("Endpoint")).get("VirtualIPs")):
-        network_id = _str(_dict(vip).get("NetworkID"))
-        address = _str(_dict(vip).get("Addr")).partition("/")[0]
+    for vip in _list(json_object(service.get("Endpoint")).get("VirtualIPs")):
+        network_id = _str(json_object(vip).get("NetworkID"))
+        address = _str(json_object(vip).get("Addr")).partition("/")[0]
         known = names.get(network_id)
         if not address or (known is not None and (known.ingress or known.host)):
             continue
@@ -474,7 +474,7 @@ def task_nodes(tasks: Iterable[Mapping[str, Any]]) -> set[str]:
 
 def is_updating(service: Mapping[str, Any]) -> bool:
     """Is a rolling update (or its rollback) replacing the service's tasks?"""
-    return _str(_dict(service.get("UpdateStatus")).get("State")) in UPDATING_STATES
+    return _str(json_object(service.get("UpdateStatus")).get("State")) in UPDATING_STATES
 
 
 def is_settled(service: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]]) -> bool:
@@ -484,12 +484,12 @@ def is_settled(service: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]]) -
     not running yet, while a task is being stopped, or while a replicated service runs fewer
     tasks than its replica count. A global service's task count is not known here.
     """
-    spec = _dict(service.get("Spec"))
+    spec = json_object(service.get("Spec"))
     if is_updating(service):
         return False
     sid = service_id(service)
     own = [t for t in tasks if _str(t.get("ServiceID")) == sid and _is_current(t)]
     if any(task_state(t) != "running" for t in own):
         return False
-    replicas = _dict(_dict(spec.get("Mode")).get("Replicated")).get("Replicas")
+    replicas = json_object(json_object(spec.get("Mode")).get("Replicated")).get("Replicas")
     return not (isinstance(replicas, int) and len(own) < replicas)

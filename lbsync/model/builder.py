@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from operator import itemgetter
 
 from lbsync.config.schema import DiscoveryConfig, TargetConfig
+from lbsync.model.entries import EntryChanges, ParsedEntry
 from lbsync.model.groups import (
     Contribution,
     Group,
@@ -28,7 +29,6 @@ from lbsync.model.groups import (
     settle,
     skip_key,
 )
-from lbsync.model.routing import EntryChanges, ParsedEntry
 from lbsync.model.types import DiscoveredContainer, Host, Route, RoutingModel, Skip, Upstream
 from lbsync.model.upstream_names import derived_upstream_name, name_upstreams
 

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from lbsync.config.selectors import LabelSelector
 from lbsync.engine.container import Container, NetworkAttachment
-from lbsync.model.routing import ParsedEntry
+from lbsync.model.entries import ParsedEntry
 from lbsync.model.types import (
     ContainerRef,
     DiscoveredContainer,

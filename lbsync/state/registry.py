@@ -1,25 +1,19 @@
 """The in-memory registry: every container the engine has, as last inspected.
 
 It also remembers containers that are being stopped (a terminating `kill` was seen) so they
-leave the pool before the engine reports them dead, and keeps each container's parsed labels
-so a pass never re-parses a container whose labels did not change.
+leave the pool before the engine reports them dead, and logs which containers changed, so
+that a reader (the model's parsed entries, a target's proxies) touches only those.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
-from types import MappingProxyType
+from collections.abc import Iterable, Mapping
 
-from lbsync.config.schema import DiscoveryConfig
 from lbsync.engine.container import Container
-from lbsync.model.labels import parse_memo_size, trim_parse_memo
-from lbsync.model.routing import EntryChanges, ParsedEntry, parse_entry
 
 #: The state a container is shown in between a terminating signal and its `die`.
 STOPPING = "stopping"
-#: Label sets the parse memo may hold beyond twice the registry's before it is trimmed.
-PARSE_MEMO_SLACK = 256
 #: Change-log entries kept beyond twice the registry's size; a reader further behind reads all.
 CHANGE_LOG_SLACK = 1024
 
@@ -30,6 +24,14 @@ def is_serving(container: Container | None) -> bool:
         container is not None
         and container.state == "running"
         and container.health in ("healthy", "none")
+    )
+
+
+def stopped_serving(registry: Registry, serving_before: Mapping[str, bool]) -> bool:
+    """Did a container that was serving (`serving_before`: id -> `is_serving` then) stop?
+    Such a change is urgent: the pass skips its quiet window."""
+    return any(
+        serving and not is_serving(registry.get(cid)) for cid, serving in serving_before.items()
     )
 
 
@@ -58,13 +60,12 @@ class Registry:
     """Containers by id. Mutated only by the watcher; read by passes as a snapshot.
 
     Reads cost what changed: the view of each container (a stopping one shown as such) is
-    kept up to date by the mutations, and `entries` re-parses only the containers that
-    changed since it last ran, so a pass at 1,000 containers does not touch 1,000.
-
-    Every changed view is also appended to a change log, numbered by `epoch`: a reader that
-    remembers the epoch it last read at asks `changed_since` for the ids changed after it
-    and touches only those. The log is bounded: a reader too far behind gets None and reads
-    everything. A new discovery config re-parses every entry, so it logs every id.
+    kept up to date by the mutations, and every changed view is appended to a change log,
+    numbered by `epoch`: a reader that remembers the epoch it last read at asks
+    `changed_since` for the ids changed after it and touches only those, so a pass at 1,000
+    containers does not touch 1,000. The log is bounded: a reader too far behind gets None
+    and reads everything. A reader whose reading of every container changed (the model's
+    parsed entries, for a new discovery config) logs every id (`log_all`).
     """
 
     def __init__(self) -> None:
@@ -72,9 +73,6 @@ class Registry:
         self._views: dict[str, Container] = {}  # what passes see: stopping ones as such
         # id -> StartedAt of the run that was told to stop; a new run clears the mark.
         self._stopping: dict[str, str] = {}
-        self._entries: dict[str, ParsedEntry] = {}
-        self._entries_for: DiscoveryConfig | None = None  # the config `_entries` parsed with
-        self._stale: set[str] = set()  # ids whose entry changed since `entries` last ran
         self._log: list[str] = []  # ids of changed views, oldest first
         self._log_base = 0  # the epoch of `_log[0]`
         self.generation = 0  # bumps on every change, so a pass can tell it saw the latest
@@ -100,7 +98,6 @@ class Registry:
         self._changed(container_id)
 
     def _changed(self, container_id: str) -> None:
-        self._stale.add(container_id)
         self._log.append(container_id)
         self._trim_log()
 
@@ -121,6 +118,12 @@ class Registry:
         if epoch is None or epoch < self._log_base:
             return None
         return frozenset(self._log[epoch - self._log_base :])
+
+    def log_all(self) -> None:
+        """Log every container as changed (their views are the same): for a reader whose
+        reading of all of them changed, so that the other readers read them all again."""
+        self._log.extend(self._views)
+        self._trim_log()
 
     def upsert(self, container: Container) -> bool:
         """Store a fresh inspect; True when anything a pass reads changed."""
@@ -174,40 +177,3 @@ class Registry:
     def containers(self) -> list[Container]:
         """Every container, stopping ones shown as such, in no particular order."""
         return list(self._views.values())
-
-    def entries(self, discovery: DiscoveryConfig) -> list[ParsedEntry]:
-        """Every container with its parsed labels, in no particular order.
-
-        An unchanged container keeps its entry object (a `ModelBuilder` skips it by that
-        identity); labels are parsed again only when they changed.
-        """
-        self._refresh_entries(discovery)
-        return list(self._entries.values())
-
-    def entries_since(self, discovery: DiscoveryConfig, epoch: int | None) -> EntryChanges:
-        """Every entry by id, with the ids that changed after `epoch` (see `EntryChanges`)."""
-        self._refresh_entries(discovery)
-        changed = self.changed_since(epoch)
-        return EntryChanges(MappingProxyType(self._entries), self.epoch, changed)
-
-    def _refresh_entries(self, discovery: DiscoveryConfig) -> None:
-        cache = self._entries
-        if discovery != self._entries_for:
-            self._entries_for = discovery
-            stale: Iterable[str] = list(self._views)
-            for gone in set(cache) - set(self._views):
-                del cache[gone]
-            # Every entry is new: log them all, as changed.
-            self._log.extend(self._views)
-            self._trim_log()
-        else:
-            stale = self._stale
-        for cid in stale:
-            container = self._views.get(cid)
-            if container is None:
-                cache.pop(cid, None)
-            else:
-                cache[cid] = parse_entry(container, discovery, cache.get(cid))
-        self._stale = set()
-        if parse_memo_size() > 2 * len(cache) + PARSE_MEMO_SLACK:
-            trim_parse_memo(entry.parsed for entry in cache.values())
