@@ -18,8 +18,9 @@ in a temp dir, and measures, while the N run:
 
 For every container: from its engine event (`timeNano` of `start`; of the first `kill`/
 `die`/`stop` for a stop) to the output file written with the change (`write_atomic`, wrapped
-through `lbsync.daemon`'s reference), and to the reload sent and returned (`reload`, same);
-p50 and p99, also minus the debounce quiet window for starts (stops skip it by design).
+through `lbsync.daemon`'s reference), and to the reload sent and returned (`reload`,
+or `reload_container` with `--nginx`, same); p50 and p99, also minus the debounce quiet
+window for starts (stops skip it by design).
 Per scenario: passes, writes and reloads, lbsync's CPU per event received
 (`time.process_time()` over the scenario, minus the instrumentation's own, divided by the
 growth of `daemon.watcher.events_seen`), and the peak RSS (`ru_maxrss`) of this process.
@@ -63,7 +64,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
-import lbsync.daemon as daemon_module
+import lbsync.daemon as passes_module
 from lbsync.commands import client_for
 from lbsync.config import Config, parse_config
 from lbsync.daemon import Daemon
@@ -137,6 +138,24 @@ class Fleet:
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.ids: list[str] = []
+        self.kept: set[str] = set()  # --keep-running: left for the next run's --fleet
+
+    def adopt_running(self) -> list[Backend]:
+        """--fleet: the running backends an earlier run left (`--keep-running`)."""
+        fmt = '{{.ID}} {{.Names}} {{.Label "lbsync.port"}} {{.Label "lbsync.host"}}'
+        listed = docker(
+            "ps", "--no-trunc", "--filter", f"label={RUN_LABEL}={self.run_id}",
+            "--filter", "status=running", "--format", fmt,
+        )  # fmt: skip
+        backends = []
+        for line in listed.splitlines():
+            cid, name, port, host = line.split()
+            if name.startswith(f"lbsync-bench-{self.run_id}-r"):
+                backends.append(Backend(cid, name, int(port), host))
+        if not backends:
+            raise BenchError(f"--fleet {self.run_id}: no running backends of that run")
+        self.kept.update(b.cid for b in backends)
+        return sorted(backends, key=lambda b: b.name)
 
     def labels(self) -> list[str]:
         return ["--label", f"{TEST_LABEL}=1", "--label", f"{RUN_LABEL}={self.run_id}"]
@@ -197,6 +216,7 @@ class Fleet:
                 "ps", "-aq", "--no-trunc", "--filter", f"label={RUN_LABEL}={self.run_id}"
             )
             ids.update(listed.split())
+        ids -= self.kept
         batches = [sorted(ids)[i : i + RM_BATCH] for i in range(0, len(ids), RM_BATCH)]
 
         def remove(batch: list[str]) -> None:
@@ -273,7 +293,7 @@ class Probe:
         self._loop = asyncio.get_running_loop()
         self.changed = asyncio.Event()
         # The daemon module's own references: what its passes call.
-        names = vars(daemon_module)
+        names = vars(passes_module)
         orig_write = cast(Callable[[Path, bytes], None], names["write_atomic"])
         # `reload` (a command, a pid file, HAProxy's master) and, where the daemon has it,
         # `reload_container` (one proxy container); older daemons had `reload` only.
@@ -1064,6 +1084,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--churn-gap", type=float, default=0.3, help="sustained churn: seconds between starts"
     )
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the running backends for a later run's --fleet (another version side by "
+        "side on the same containers; the last run leaves it off to remove them)",
+    )
+    parser.add_argument(
+        "--fleet", metavar="RUN_ID", help="use the running backends a --keep-running run left"
+    )
     parser.add_argument("--nginx", action="store_true", help="the real lab nginx as the proxy")
     parser.add_argument("--quiet", type=float, default=200.0, help="debounce quiet, ms")
     parser.add_argument("--max", type=float, default=2000.0, help="debounce max, ms")
@@ -1078,7 +1107,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    run_id = secrets.token_hex(5)
+    run_id = args.fleet or secrets.token_hex(5)
     fleet = Fleet(run_id)
     report = Report(
         rss_mb_imports=rss_mb(),
@@ -1103,7 +1132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             t0 = time.monotonic()
             if args.nginx:
                 fleet.nginx(conf_dir)
-            running = fleet.backends("run", "r", ports[: args.n])
+            if args.fleet:
+                running = fleet.adopt_running()
+                report.n = len(running)
+                report.notes.append(f"the {len(running)} running backends of run {run_id}")
+            else:
+                running = fleet.backends("run", "r", ports[: args.n])
+                if args.keep_running:
+                    fleet.kept.update(b.cid for b in running)
             up = set(
                 docker(
                     "ps", "-q", "--no-trunc",
@@ -1138,8 +1174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             with uninterrupted():
                 print(f"bench run {run_id}: removing its containers ...", file=sys.stderr)
+                if not args.keep_running:
+                    fleet.kept.clear()
                 removed = fleet.cleanup()
                 print(f"bench run {run_id}: removed {removed} containers", file=sys.stderr)
+                if fleet.kept:
+                    print(f"bench run {run_id}: {len(fleet.kept)} running backends kept: "
+                          f"--fleet {run_id}", file=sys.stderr)  # fmt: skip
     return code
 
 
