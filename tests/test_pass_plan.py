@@ -15,12 +15,14 @@ from lbsync.daemon.plan import (
     ProxyFacts,
     ReloadPhase,
     RuntimeFacts,
+    addressing_proxy,
     compares_slot_lines,
     only_slot_lines_differ,
     output_action,
     proxy_action,
 )
 from lbsync.daemon.target import RETRY_PASS_MAX, RETRY_PASS_MIN, TargetState
+from lbsync.engine.container import Container, NetworkAttachment
 from lbsync.render.templates import load_template
 
 NOT_RELOADED = ReloadPhase.NOT_RELOADED
@@ -256,3 +258,30 @@ def test_the_wait_for_the_proxy_is_told_once_and_its_end_once() -> None:
     assert state.waiting_for_proxy and state.last_error == "proxy container missing"
     assert [state.proxy_found([]), state.proxy_found([])] == [True, False]
     assert not state.waiting_for_proxy
+
+
+def _proxy(cid: str, network: str) -> Container:
+    attachment = NetworkAttachment(network, f"id-{network}", "10.0.0.1")
+    return Container(id=cid, name=cid, created_ns=1, networks=(attachment,))
+
+
+ROGUE = _proxy("aaa-rogue", "rogue_net")
+NGINX = _proxy("nginx", "app_net")
+
+ADDRESSING_CASES: dict[str, tuple[list[Container], set[str], Container | None]] = {
+    "no proxy container (a pid file, a command)": ([], set(), None),
+    "one proxy": ([NGINX], set(), NGINX),
+    "the first match before any check": ([ROGUE, NGINX], set(), ROGUE),
+    "a left-out rogue does not pick the network": ([ROGUE, NGINX], {"aaa-rogue"}, NGINX),
+    "every match left out: the first still decides": (
+        [ROGUE, NGINX],
+        {"aaa-rogue", "nginx"},
+        ROGUE,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ADDRESSING_CASES, ids=list(ADDRESSING_CASES))
+def test_addressing_proxy(case: str) -> None:
+    proxies, left_out, expected = ADDRESSING_CASES[case]
+    assert addressing_proxy(proxies, left_out) is expected

@@ -40,6 +40,7 @@ from lbsync.daemon.plan import (
     OutputFacts,
     ProxyFacts,
     RuntimeFacts,
+    addressing_proxy,
     compares_slot_lines,
     only_slot_lines_differ,
     output_action,
@@ -103,7 +104,10 @@ class PassExecutor:
         if state.proxy_found(proxies):
             log.info("target %s: proxy %s found", target.name, ", ".join(p.name for p in proxies))
 
-        proxy_networks = frozenset(n.name for n in proxies[0].networks) if proxies else frozenset()
+        addressing = addressing_proxy(proxies, state.left_out)
+        proxy_networks = (
+            frozenset(n.name for n in addressing.networks) if addressing else frozenset()
+        )
         model = state.builder.build(entries, discovery, target, proxy_networks)
         self.reports.model(state, model)
         slots = None

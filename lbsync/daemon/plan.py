@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+
+from lbsync.engine.container import Container
 
 
 class ReloadPhase(enum.Enum):
@@ -122,3 +125,15 @@ _SLOT_LINE = re.compile(rb"^[ \t]*server[ \t]+s[0-9]+[ \t].*$", re.MULTILINE)
 def only_slot_lines_differ(old: bytes, new: bytes) -> bool:
     """Do two renderings differ in nothing but the `server sN ...` slot lines?"""
     return _SLOT_LINE.sub(b"server", old) == _SLOT_LINE.sub(b"server", new)
+
+
+def addressing_proxy(proxies: Sequence[Container], left_out: Collection[str]) -> Container | None:
+    """The proxy container whose networks decide a backend's address (SPEC §2).
+
+    Not one reported and left out (its check could not run, or it refused what another
+    accepted): anyone who can start a container can label it as the proxy (SPEC §1), and such
+    a container must not steer which address of a backend is written. With every match left
+    out, the first one still decides: the file is then refused or kept by the check anyway.
+    """
+    trusted = [proxy for proxy in proxies if proxy.id not in left_out] or proxies
+    return trusted[0] if trusted else None
