@@ -4,8 +4,8 @@ with `drain: true` and with `drain: false`, counting the requests nginx had to r
     python -m bench.bench_churn [--replacements 20] [--pool 3] [--rate 200] [--quiet 1000]
                                 [--stop-grace 1.0] [--out FILE]
 
-Each run is a real ``lbsync run`` (tests/harness.py) beside the lab nginx, with the lab's
-``nginx.conf`` replaced by one that logs every request with ``$upstream_addr`` and
+Each run is a real ``lbsync run`` (tests/support/harness.py) beside the lab nginx, with the
+lab's ``nginx.conf`` replaced by one that logs every request with ``$upstream_addr`` and
 ``$upstream_status``. While a steady GET/POST load runs (``tests.test_churn.RequestLoop``),
 ``--replacements`` backends are replaced one by one (start the new one with a health check,
 wait until it is healthy and routed, SIGTERM the old one: it serves ``--stop-grace`` seconds
@@ -39,8 +39,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.bench_runtime import DEFAULT_OUT, fmt_ms, interruptible, percentile, write_section
-from tests.harness import LbsyncHarness
-from tests.lab import Lab
+from tests.support.harness import LbsyncHarness
+from tests.support.lab import Lab
 from tests.test_churn import ECHO_PATH, ChurnReport, run_churn
 
 LOG_DIR = "/var/log/lbsync-bench"

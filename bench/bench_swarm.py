@@ -43,7 +43,7 @@ from lbsync.render.templates import load_template, render
 from lbsync.state.registry import Registry
 from lbsync.state.subscription import subscribed_events
 from lbsync.state.swarm_state import CURRENT_TASKS
-from tests.lab import BACKEND_IMAGE, wait_for
+from tests.support.lab import BACKEND_IMAGE, wait_for
 from tests.test_swarm import SwarmEngine
 
 T = TypeVar("T")

@@ -30,8 +30,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.harness import Backend, LbsyncHarness
-from tests.lab import Lab, LabError
+from tests.support.harness import Backend, LbsyncHarness
+from tests.support.lab import Lab, LabError
 
 pytestmark = pytest.mark.engine
 

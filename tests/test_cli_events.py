@@ -17,7 +17,7 @@ import pytest
 from lbsync.cli.commands import format_event
 from lbsync.config.schema import DiscoveryConfig
 from lbsync.engine.client import Event
-from tests.lab import Lab, free_port, try_http_get, wait_for
+from tests.support.lab import Lab, free_port, try_http_get, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: How long one expected line may take (the command starts a Python process first).

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import DOCKER, Lab, free_port, try_http_get, wait_for
+from tests.support.lab import DOCKER, Lab, free_port, try_http_get, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_LABEL = "lbsync-run"

@@ -2,8 +2,8 @@
 
 Every test drives lbsync only through what users have (labels, the YAML file, signals) and
 checks what users see: answers through nginx, the output file, /healthz, /metrics, /status
-and the log. Each test has its own run id (see :mod:`tests.harness`), so tests running in
-parallel on the same engine never route each other's backends.
+and the log. Each test has its own run id (see :mod:`tests.support.harness`), so tests
+running in parallel on the same engine never route each other's backends.
 """
 
 from __future__ import annotations
@@ -15,9 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import RUN_LABEL, LbsyncHarness
-from tests.lab import Lab, free_port
-from tests.scenarios import health_gates_traffic, hostile_labels_never_reach_the_file, server_line
+from tests.support.harness import RUN_LABEL, LbsyncHarness
+from tests.support.lab import Lab, free_port
+from tests.support.scenarios import (
+    health_gates_traffic,
+    hostile_labels_never_reach_the_file,
+    server_line,
+)
 
 pytestmark = pytest.mark.engine
 

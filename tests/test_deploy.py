@@ -28,8 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import IN_CI
-from tests.lab import (
+from tests.support.lab import (
     BACKEND_IMAGE,
     DOCKER,
     DOCKER_SOCKET,
@@ -40,6 +39,7 @@ from tests.lab import (
     try_http_get,
     wait_for,
 )
+from tests.support.prerequisites import IN_CI
 from tests.test_image import BUILD_TIMEOUT, docker_socket_gid, lbsync_image, shared_dir
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lbsync.daemon.reports import describe_change
 from lbsync.model.types import RoutingModel
-from tests.model_builders import host, model, srv, ups
+from tests.support.model_builders import host, model, srv, ups
 
 
 def test_first_pass_counts_what_is_served() -> None:

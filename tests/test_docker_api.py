@@ -29,7 +29,7 @@ from lbsync.engine.client import (
 )
 from lbsync.engine.events import LineSplitter, OversizedLine, oversized_event
 from lbsync.engine.exec import FrameReader, demultiplex
-from tests.fake_engine import FakeEngine, event_line
+from tests.support.fake_engine import FakeEngine, event_line
 
 # --- version negotiation ---------------------------------------------------------------
 

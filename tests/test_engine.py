@@ -1,6 +1,6 @@
 """Our Docker client against the REAL engine of the lab (``lab/lab.sh up``).
 
-Containers are made with the docker CLI (through :class:`tests.lab.Lab`); our
+Containers are made with the docker CLI (through :class:`tests.support.lab.Lab`); our
 :class:`~lbsync.docker_api.DockerClient` only observes and acts on them, so each test checks
 what our client makes of the engine's real answers. Every container runs with
 ``--network host`` on a 127.0.0.1 port and is removed by id, pass or fail.
@@ -31,7 +31,7 @@ from lbsync.engine.events import MAX_EVENT_LINE
 from lbsync.engine.exec import EXEC_OUTPUT_LIMIT
 from lbsync.engine.inspect import container_from_inspect, listing_agrees
 from lbsync.state.event_plan import WATCHED_EVENTS
-from tests.lab import (
+from tests.support.lab import (
     TEST_LABEL,
     Lab,
     bulky_labels,

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.lab import BACKEND_IMAGE, free_port, wait_for
-from tests.private_engine import start_dockerd, unmount_below
+from tests.support.lab import BACKEND_IMAGE, free_port, wait_for
+from tests.support.private_engine import start_dockerd, unmount_below
 
 pytestmark = pytest.mark.engine
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import LbsyncHarness
-from tests.lab import Lab
+from tests.support.harness import LbsyncHarness
+from tests.support.lab import Lab
 
 pytestmark = pytest.mark.engine
 

@@ -1,7 +1,7 @@
 """A gap in the engine connection: what happened during it is reconciled on reconnect.
 
-The connection is cut by a forwarding proxy on a unix socket (tests/socket_proxy.py), so
-dockerd and its containers carry on; one container starts and another stops meanwhile.
+The connection is cut by a forwarding proxy on a unix socket (tests/support/socket_proxy.py),
+so dockerd and its containers carry on; one container starts and another stops meanwhile.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import LbsyncHarness
-from tests.lab import Lab
-from tests.socket_proxy import ThreadedSocketProxy, short_socket_path
+from tests.support.harness import LbsyncHarness
+from tests.support.lab import Lab
+from tests.support.socket_proxy import ThreadedSocketProxy, short_socket_path
 
 pytestmark = pytest.mark.engine
 

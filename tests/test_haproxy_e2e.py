@@ -5,7 +5,7 @@ The nginx scenarios of :mod:`tests.test_daemon_e2e` again, reloading HAProxy by 
 (USR2 through the Docker API, the default for builtin:haproxy) or through the master socket
 (``haproxy-master``); then ``haproxy-runtime``, where servers move between slots through the
 Runtime API and the worker never changes, until a backend outgrows its slots (one reload).
-Each test has its own run id and proxy label (see :mod:`tests.harness`).
+Each test has its own run id and proxy label (see :mod:`tests.support.harness`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.harness import REPO_ROOT, HAProxyReload, LbsyncHarness
-from tests.lab import Lab
-from tests.scenarios import (
+from tests.support.harness import REPO_ROOT, HAProxyReload, LbsyncHarness
+from tests.support.lab import Lab
+from tests.support.scenarios import (
     health_gates_traffic,
     hostile_labels_never_reach_the_file,
     left_file,

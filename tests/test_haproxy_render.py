@@ -41,9 +41,9 @@ from lbsync.model.types import RoutingModel
 from lbsync.render.environment import match_order
 from lbsync.render.fragments import FragmentCache
 from lbsync.render.templates import CompiledTemplate, load_template, render, render_bytes
-from tests.conftest import require_binary
-from tests.lab import free_port
-from tests.model_builders import host, model, srv, ups
+from tests.support.lab import free_port
+from tests.support.model_builders import host, model, srv, ups
+from tests.support.prerequisites import require_binary
 
 GOLDEN_DIR = Path(__file__).parent / "testdata" / "haproxy"
 UPDATE_GOLDEN = os.environ.get("LBSYNC_UPDATE_GOLDEN") == "1"

@@ -32,8 +32,8 @@ from lbsync.apply.haproxy.socket import HAProxyCommandError, HAProxySocketError
 from lbsync.model.slots import RuntimeSlots, Slot, SlotTable, SlotView, runtime_commands
 from lbsync.model.types import RoutingModel, Server
 from lbsync.render.templates import CompiledTemplate, load_template
-from tests.lab import free_port
-from tests.model_builders import host, model, srv, ups
+from tests.support.lab import free_port
+from tests.support.model_builders import host, model, srv, ups
 from tests.test_haproxy_render import (
     haproxy_check,
     http_backends,

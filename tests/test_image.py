@@ -25,8 +25,7 @@ import yaml
 
 from lbsync import __version__
 from lbsync.healthcheck import livez_url, probe
-from tests.conftest import IN_CI, require_engine
-from tests.lab import (
+from tests.support.lab import (
     DOCKER,
     DOCKER_SOCKET,
     Lab,
@@ -36,6 +35,7 @@ from tests.lab import (
     try_http_get,
     wait_for,
 )
+from tests.support.prerequisites import IN_CI, require_engine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO_ROOT / "deploy" / "build-image.sh"

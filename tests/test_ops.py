@@ -1,10 +1,10 @@
 """Operations (SPEC §6, §7): metrics, the status document, health, live config, logs, --diff.
 
-Each engine test runs a real ``lbsync run`` (see :mod:`tests.harness`) beside the lab nginx,
-with ``docker.host`` pointing at a :mod:`tests.socket_proxy` in front of the engine, so a test
-can take the engine away from lbsync without touching dockerd. Every harness has its own run
-id: lbsync routes only the containers of its test (others share the engine), and its target
-and nginx label are named after that id.
+Each engine test runs a real ``lbsync run`` (see :mod:`tests.support.harness`) beside the lab
+nginx, with ``docker.host`` pointing at a :mod:`tests.support.socket_proxy` in front of the
+engine, so a test can take the engine away from lbsync without touching dockerd. Every
+harness has its own run id: lbsync routes only the containers of its test (others share the
+engine), and its target and nginx label are named after that id.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from lbsync.render.templates import builtin_template_dirs
-from tests.harness import REPO_ROOT, LbsyncHarness, MetricsSnapshot
-from tests.lab import Lab, free_port
-from tests.socket_proxy import ThreadedSocketProxy, short_socket_path
+from tests.support.harness import REPO_ROOT, LbsyncHarness, MetricsSnapshot
+from tests.support.lab import Lab, free_port
+from tests.support.socket_proxy import ThreadedSocketProxy, short_socket_path
 
 ISO_SECONDS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 ISO_MILLIS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -108,7 +108,7 @@ def exposed_metrics(snapshot: MetricsSnapshot) -> dict[str, tuple[str, frozenset
 
 @pytest.fixture
 def engine_proxy() -> Iterator[ThreadedSocketProxy]:
-    """The engine socket behind a forwarder the test can cut (see tests/socket_proxy.py)."""
+    """The engine socket behind a forwarder the test can cut (tests/support/socket_proxy.py)."""
     with ThreadedSocketProxy(short_socket_path()) as proxy:
         yield proxy
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from lbsync.engine.events import MAX_EVENT_LINE
-from tests.harness import LbsyncHarness
-from tests.lab import Lab, bulky_labels
-from tests.scenarios import server_line
+from tests.support.harness import LbsyncHarness
+from tests.support.lab import Lab, bulky_labels
+from tests.support.scenarios import server_line
 
 pytestmark = pytest.mark.engine
 

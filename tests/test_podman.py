@@ -1,8 +1,9 @@
 """lbsync against Podman's Docker-compatible API (``podman system service``).
 
-The engine is a Podman of this module's own (:class:`tests.podman_lab.PodmanEngine`): its
-socket, storage, run root and events log live in a folder under /tmp made here, so the lab's
-dockerd is untouched. Images come from the lab's dockerd (``docker save | podman load``).
+The engine is a Podman of this module's own
+(:class:`tests.support.podman_lab.PodmanEngine`): its socket, storage, run root and events log
+live in a folder under /tmp made here, so the lab's dockerd is untouched. Images come from the
+lab's dockerd (``docker save | podman load``).
 
 The first tests are pure: they pin how lbsync reads answers captured from Debian's podman
 4.3.1 (inspect, ``top``, events, error statuses). The rest run against the real Podman: our
@@ -52,10 +53,10 @@ from lbsync.engine.client import (
 from lbsync.engine.inspect import container_from_inspect
 from lbsync.state.event_plan import CONTAINER_ACTIONS, WATCHED_EVENTS, is_terminating_kill
 from lbsync.state.subscription import StreamEnd, subscribed_events
-from tests.conftest import IN_CI, require_engine
-from tests.fake_engine import FakeEngine
-from tests.lab import BACKEND_IMAGE, NGINX_IMAGE, free_port, images_available, wait_for
-from tests.podman_lab import HealthProber, LbsyncRun, PodmanEngine, podman_installed
+from tests.support.fake_engine import FakeEngine
+from tests.support.lab import BACKEND_IMAGE, NGINX_IMAGE, free_port, images_available, wait_for
+from tests.support.podman_lab import HealthProber, LbsyncRun, PodmanEngine, podman_installed
+from tests.support.prerequisites import IN_CI, require_engine
 
 engine = pytest.mark.engine
 

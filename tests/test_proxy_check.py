@@ -17,7 +17,7 @@ from lbsync.config.schema import TargetConfig
 from lbsync.engine.client import DockerClient
 from lbsync.engine.container import Container
 from lbsync.engine.inspect import container_from_inspect
-from tests.lab import Lab, free_port
+from tests.support.lab import Lab, free_port
 
 pytestmark = pytest.mark.engine
 

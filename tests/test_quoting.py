@@ -24,7 +24,7 @@ from lbsync.render.quoting import (
     haproxy_quote,
     nginx_quote,
 )
-from tests.lab import free_port
+from tests.support.lab import free_port
 from tests.test_render import nginx_prefix_config, nginx_test, require_nginx, running
 
 # --- table tests -------------------------------------------------------------------------

@@ -36,9 +36,9 @@ from lbsync.render.templates import (
     render,
     render_bytes,
 )
-from tests.conftest import require_binary
-from tests.lab import free_port
-from tests.model_builders import host, model, ref, srv, ups
+from tests.support.lab import free_port
+from tests.support.model_builders import host, model, ref, srv, ups
+from tests.support.prerequisites import require_binary
 
 GOLDEN_DIR = Path(__file__).parent / "testdata" / "render"
 UPDATE_GOLDEN = os.environ.get("LBSYNC_UPDATE_GOLDEN") == "1"

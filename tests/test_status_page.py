@@ -44,9 +44,9 @@ from lbsync.web.snapshot import (
     UpstreamStatus,
 )
 from lbsync.web.statuspage import STATIC_DIR, WEB_DIR
-from tests.conftest import IN_CI
-from tests.harness import REPO_ROOT, LbsyncHarness
-from tests.lab import Lab
+from tests.support.harness import REPO_ROOT, LbsyncHarness
+from tests.support.lab import Lab
+from tests.support.prerequisites import IN_CI
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -43,9 +43,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import IN_CI, require_engine
-from tests.lab import BACKEND_IMAGE, NGINX_IMAGE, free_port, try_http_get, wait_for
-from tests.private_engine import start_dockerd, unmount_below
+from tests.support.lab import BACKEND_IMAGE, NGINX_IMAGE, free_port, try_http_get, wait_for
+from tests.support.prerequisites import IN_CI, require_engine
+from tests.support.private_engine import start_dockerd, unmount_below
 from tests.test_image import lbsync_image
 
 pytestmark = pytest.mark.engine

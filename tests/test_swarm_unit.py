@@ -49,7 +49,7 @@ from lbsync.model.entries import parse_entry
 from lbsync.state.event_plan import WATCHED_EVENTS
 from lbsync.state.registry import Registry, is_serving
 from lbsync.state.watcher import Change, Watcher
-from tests.fake_engine import FakeEngine
+from tests.support.fake_engine import FakeEngine
 
 DATA = Path(__file__).parent / "testdata" / "swarm"
 NODE = "hhtyuv1czhubp5zmuhum9ogjv"  # the one node of the capture

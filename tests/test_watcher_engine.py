@@ -21,7 +21,7 @@ from lbsync.engine.container import Container
 from lbsync.engine.inspect import container_from_inspect
 from lbsync.state.registry import Registry
 from lbsync.state.watcher import Change, Watcher
-from tests.lab import BACKEND_IMAGE, TEST_LABEL, Lab, bulky_labels, docker, free_port
+from tests.support.lab import BACKEND_IMAGE, TEST_LABEL, Lab, bulky_labels, docker, free_port
 
 pytestmark = pytest.mark.engine
 

@@ -27,7 +27,7 @@ from lbsync.engine.client import DockerClient, Event
 from lbsync.engine.events import MAX_EVENT_LINE
 from lbsync.state.registry import Registry
 from lbsync.state.watcher import Change, Watcher
-from tests.fake_engine import FakeEngine, event_line
+from tests.support.fake_engine import FakeEngine, event_line
 
 CUT = b"<cut>"  # close the connection abruptly
 HANG = b"<hang>"  # keep the stream open and idle

@@ -68,7 +68,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from lbsync.apply.haproxy.master import ShowProc, parse_show_proc
-from tests.lab import (
+from tests.support.lab import (
     Lab,
     free_port,
     haproxy_cli,
@@ -77,7 +77,7 @@ from tests.lab import (
     wait_haproxy_master,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_LABEL = "lbsync-run"
 STOP_TIMEOUT = 10.0
 READY_TIMEOUT = 45.0  # the engine may be slow to list under a loaded CI machine

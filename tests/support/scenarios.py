@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.harness import LbsyncHarness
-from tests.lab import Lab, free_port
+from tests.support.harness import LbsyncHarness
+from tests.support.lab import Lab, free_port
 
 
 def server_line(port: int) -> str:

@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from tests.lab import (
+from tests.support.lab import (
     BACKEND_IMAGE,
     DOCKER,
     NGINX_CONF_DIR,
@@ -56,9 +56,9 @@ from tests.lab import (
     try_http_get,
     wait_for,
 )
-from tests.private_engine import unmount_below
+from tests.support.private_engine import unmount_below
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 PODMAN = shutil.which("podman") or "/usr/bin/podman"
 TEST_LABEL = "lbsync-test"
