@@ -6,7 +6,7 @@ with `drain: true` and with `drain: false`, counting the requests nginx had to r
 
 Each run is a real ``lbsync run`` (tests/support/harness.py) beside the lab nginx, with the
 lab's ``nginx.conf`` replaced by one that logs every request with ``$upstream_addr`` and
-``$upstream_status``. While a steady GET/POST load runs (``tests.test_churn.RequestLoop``),
+``$upstream_status``. While a steady GET/POST load runs (``tests.support.churn.RequestLoop``),
 ``--replacements`` backends are replaced one by one (start the new one with a health check,
 wait until it is healthy and routed, SIGTERM the old one: it serves ``--stop-grace`` seconds
 more, then exits).
@@ -39,9 +39,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.bench_runtime import DEFAULT_OUT, fmt_ms, interruptible, percentile, write_section
+from tests.support.churn import ECHO_PATH, ChurnReport, run_churn
 from tests.support.harness import LbsyncHarness
 from tests.support.lab import Lab
-from tests.test_churn import ECHO_PATH, ChurnReport, run_churn
 
 LOG_DIR = "/var/log/lbsync-bench"
 NGINX_CONF = f"""\

@@ -44,7 +44,7 @@ from lbsync.state.registry import Registry
 from lbsync.state.subscription import subscribed_events
 from lbsync.state.swarm_state import CURRENT_TASKS
 from tests.support.lab import BACKEND_IMAGE, wait_for
-from tests.test_swarm import SwarmEngine
+from tests.support.swarm_engine import SwarmEngine
 
 T = TypeVar("T")
 

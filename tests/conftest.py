@@ -11,6 +11,7 @@ import pytest
 
 from lbsync.engine.client import DockerClient, resolve_endpoint
 from tests.support.fake_engine import FakeEngine
+from tests.support.haproxy import short_socket_dir
 from tests.support.prerequisites import require_engine
 
 if TYPE_CHECKING:
@@ -70,3 +71,10 @@ async def fake_engine(tmp_path: Path) -> AsyncIterator[FakeEngine]:
 @pytest.fixture
 def fake_client(fake_engine: FakeEngine) -> DockerClient:
     return DockerClient(resolve_endpoint(f"unix://{fake_engine.socket_path}", {}))
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A short folder for unix sockets (pytest's tmp_path is often too long for AF_UNIX)."""
+    with short_socket_dir() as path:
+        yield path

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.image import BUILD_TIMEOUT, docker_socket_gid, lbsync_image, shared_dir
 from tests.support.lab import (
     BACKEND_IMAGE,
     DOCKER,
@@ -40,7 +41,6 @@ from tests.support.lab import (
     wait_for,
 )
 from tests.support.prerequisites import IN_CI
-from tests.test_image import BUILD_TIMEOUT, docker_socket_gid, lbsync_image, shared_dir
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 COMPOSE_TIMEOUT = 120.0

@@ -23,7 +23,7 @@ from lbsync.state.event_plan import (
     stops_current_run,
 )
 from lbsync.state.registry import exited
-from tests.test_watcher_events import CID, RUN_NS, STARTED, connect, event, kill
+from tests.support.events import CID, RUN_NS, STARTED, connect, event, kill
 
 RUNNING = Container(
     id=CID,

@@ -32,17 +32,16 @@ from lbsync.apply.haproxy.socket import HAProxyCommandError, HAProxySocketError
 from lbsync.model.slots import RuntimeSlots, Slot, SlotTable, SlotView, runtime_commands
 from lbsync.model.types import RoutingModel, Server
 from lbsync.render.templates import CompiledTemplate, load_template
-from tests.support.lab import free_port
-from tests.support.model_builders import host, model, srv, ups
-from tests.test_haproxy_render import (
+from tests.support.haproxy import (
     haproxy_check,
     http_backends,
     render_cfg,
     run_haproxy,
     runtime_target,
     served_by,
-    short_socket_dir,
 )
+from tests.support.lab import free_port
+from tests.support.model_builders import host, model, srv, ups
 
 # Captured from Debian 12's HAProxy 2.6.12 (haproxy -W -db -S ...); the header line ends
 # in spaces.
@@ -81,12 +80,6 @@ SHOW_PROC_OLD_WORKERS = (
 
 """
 )
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    with short_socket_dir() as path:
-        yield path
 
 
 # --- show proc --------------------------------------------------------------------------------

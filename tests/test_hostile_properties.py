@@ -28,8 +28,8 @@ from lbsync.model.types import Service
 from lbsync.render.templates import load_template, render
 from lbsync.state.registry import Registry
 from lbsync.state.watcher import Watcher
-from tests.test_haproxy_render import haproxy_check
-from tests.test_render import nginx_test
+from tests.support.haproxy import haproxy_check
+from tests.support.nginx import nginx_test
 
 pytestmark = pytest.mark.hostile
 

@@ -11,7 +11,7 @@ from lbsync.config.schema import DiscoveryConfig
 from lbsync.model import labels as labels_memo
 from lbsync.model.entries import PARSE_MEMO_SLACK, ParsedEntries
 from lbsync.state.registry import CHANGE_LOG_SLACK, STOPPING, Registry
-from tests.test_registry import make
+from tests.support.containers import make
 
 
 def test_entries_parse_once_per_label_change() -> None:

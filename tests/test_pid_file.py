@@ -9,7 +9,6 @@ its own namespace, lbsync's code entered into it).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -22,31 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from lbsync.apply.proxy import ReloadFailed, read_pid_file, reload
-from lbsync.config.schema import TargetConfig
-from lbsync.config.selectors import ProxyConfig
-from lbsync.engine.client import DockerClient, resolve_endpoint
-from tests.test_render import nginx_prefix_config, require_nginx
+from lbsync.apply.proxy import ReloadFailed, read_pid_file
+from tests.support.nginx import nginx_prefix_config, require_nginx
+from tests.support.pid_file import reload_by_pid_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def pid_target(pid_file: Path, signal_name: str = "HUP") -> TargetConfig:
-    return TargetConfig(
-        name="nginx",
-        template="builtin:nginx",
-        output=pid_file.parent / "lbsync.conf",
-        check="none",
-        reload="signal",
-        signal=signal_name,
-        proxy=ProxyConfig(pid_file=pid_file),
-    )
-
-
-def reload_by_pid_file(pid_file: Path, signal_name: str = "HUP") -> None:
-    """What a pass does to reload a `pid_file` proxy (no Docker call is made)."""
-    client = DockerClient(resolve_endpoint(f"unix://{pid_file.parent / 'no-engine.sock'}", {}))
-    asyncio.run(reload(client, pid_target(pid_file, signal_name)))
 
 
 @contextmanager
@@ -199,7 +178,7 @@ _RELOAD_AS_PID_1 = """
 import sys
 from pathlib import Path
 from lbsync.apply.proxy import read_pid_file
-from tests.test_pid_file import reload_by_pid_file
+from tests.support.pid_file import reload_by_pid_file
 
 pid_file = Path(sys.argv[1])
 print("pid", read_pid_file(pid_file), flush=True)

@@ -25,7 +25,7 @@ from lbsync.render.quoting import (
     nginx_quote,
 )
 from tests.support.lab import free_port
-from tests.test_render import nginx_prefix_config, nginx_test, require_nginx, running
+from tests.support.nginx import nginx_prefix_config, nginx_test, require_nginx, running
 
 # --- table tests -------------------------------------------------------------------------
 

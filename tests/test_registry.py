@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from types import MappingProxyType
 
 import pytest
 
 from lbsync.engine.client import Event
-from lbsync.engine.container import Container
 from lbsync.state.event_plan import container_of, is_terminating_kill, signal_name
 from lbsync.state.registry import CHANGE_LOG_SLACK, STOPPING, Registry, is_serving
-
-
-def make(cid: str = "a" * 64, **changes: object) -> Container:
-    base = Container(
-        id=cid,
-        name="web",
-        created_ns=1,
-        labels=MappingProxyType(
-            {"lbsync.enable": "true", "lbsync.host": "a.test", "lbsync.port": "80"}
-        ),
-        started_at="2026-01-01T00:00:00Z",
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+from tests.support.containers import make
 
 
 def kill(signal: str | None, cid: str = "a" * 64) -> Event:

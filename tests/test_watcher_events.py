@@ -14,21 +14,18 @@ import asyncio
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, cast
 
 import pytest
 
 from lbsync.engine.client import DockerClient, Event, NotFound
 from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
-from lbsync.engine.inspect import container_from_inspect, parse_created
+from lbsync.engine.inspect import container_from_inspect
 from lbsync.state import containers as containers_module
 from lbsync.state.registry import Registry, exited
 from lbsync.state.watcher import Change, Watcher
+from tests.support.events import CID, STARTED, connect, disconnect, event, kill
 
-CID = "c" * 64
-STARTED = "2026-11-28T05:00:01.123456789Z"  # StartedAt of the container's current run
-RUN_NS = parse_created(STARTED)
 NEVER = "0001-01-01T00:00:00Z"  # StartedAt of a container that never ran
 
 
@@ -90,39 +87,6 @@ class FakeClient:
         if data is None:
             raise NotFound(404, f"No such container: {container_id}", method="GET", path="/x")
         return data
-
-
-def event(
-    action: str,
-    at_ms: int,
-    *,
-    kind: str = "container",
-    raw: dict[str, Any] | None = None,
-    **attributes: str,
-) -> Event:
-    """An event `at_ms` milliseconds into the container's current run."""
-    if kind == "network":
-        attributes = {"container": CID, "name": "host", "type": "host", **attributes}
-    return Event(
-        type=kind,
-        action=action,
-        actor_id="h" * 64 if kind == "network" else CID,
-        attributes=MappingProxyType(attributes),
-        time_nano=RUN_NS + at_ms * 1_000_000,
-        raw=MappingProxyType(raw or {}),
-    )
-
-
-def connect(at_ms: int) -> Event:
-    return event("connect", at_ms, kind="network")
-
-
-def disconnect(at_ms: int) -> Event:
-    return event("disconnect", at_ms, kind="network")
-
-
-def kill(at_ms: int, signal: str) -> Event:
-    return event("kill", at_ms, signal=signal)
 
 
 @dataclass
