@@ -1,5 +1,5 @@
-"""A real `lbsync run` beside a real lab nginx or HAProxy, for end-to-end tests
-(``tests/test_daemon_e2e.py``, ``tests/test_haproxy_e2e.py``, ``tests/test_churn.py``).
+"""A real `lbsync run` beside a real lab nginx or HAProxy, for end-to-end tests (tests/e2e/:
+``test_daemon_e2e.py``, ``test_haproxy_e2e.py``, ``test_churn.py``, ...).
 
 :class:`LbsyncHarness` is a context manager: it writes a config YAML into a temp folder,
 starts the lab nginx with ``<tmp>/conf.d`` mounted on /etc/nginx/conf.d, starts

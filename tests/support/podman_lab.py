@@ -1,4 +1,4 @@
-"""A Podman engine of a test's own, for ``tests/test_podman.py``.
+"""A Podman engine of a test's own, for ``tests/engine/test_podman.py``.
 
 :class:`PodmanEngine` runs ``podman system service`` (Podman's Docker-compatible API) on a
 short unix socket, with every bit of its state in one folder the test made: storage

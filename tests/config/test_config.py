@@ -25,7 +25,7 @@ from lbsync.config.schema import (
 )
 from lbsync.config.selectors import LabelSelector, ProxyConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCE = Path("/srv/lbsync/lbsync.yaml")  # parse_config never reads it: only its folder is used
 
 

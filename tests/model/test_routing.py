@@ -27,7 +27,7 @@ from lbsync.model.label_grammar import INVALID_LABEL
 from lbsync.model.types import ContainerRef, DiscoveredContainer, RoutingModel, Server
 from lbsync.model.upstream_names import derived_upstream_name
 
-GOLDEN_DIR = Path(__file__).parent / "testdata" / "routing"
+GOLDEN_DIR = Path(__file__).parents[1] / "testdata" / "routing"
 UPDATE_GOLDEN = os.environ.get("LBSYNC_UPDATE_GOLDEN") == "1"
 
 D = DiscoveryConfig()

@@ -34,7 +34,7 @@ DISCOVERY = DiscoveryConfig()
 # Small pools, so that random containers collide: shared names, hosts, paths, upstreams.
 NAMES = ["app-1", "app-2", "web", "api"]
 HOSTS = ["a.test", "b.test", "*.c.test"]
-# /c23871 and /c57355 of one host give one 8-hex derived name (tests/test_routing.py).
+# /c23871 and /c57355 of one host give one 8-hex derived name (tests/model/test_routing.py).
 PATHS = [None, "/", "/api", "/api/v1", "/c23871", "/c57355"]
 # The last ones are written as a.test/'s derived name, and as a.test/c23871's full-hash one.
 UPSTREAMS = [

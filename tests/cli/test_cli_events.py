@@ -19,7 +19,7 @@ from lbsync.config.schema import DiscoveryConfig
 from lbsync.engine.client import Event
 from tests.support.lab import Lab, free_port, try_http_get, wait_for
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: How long one expected line may take (the command starts a Python process first).
 LINE_DEADLINE = 15.0
 

@@ -25,7 +25,7 @@ from lbsync.apply.proxy import ReloadFailed, read_pid_file
 from tests.support.nginx import nginx_prefix_config, require_nginx
 from tests.support.pid_file import reload_by_pid_file
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager

@@ -32,7 +32,7 @@ from lbsync.model.label_grammar import (
 from lbsync.model.labels import ParsedContainer, label_network, parse_services
 from lbsync.model.types import Service
 
-GOLDEN_DIR = Path(__file__).parent / "testdata" / "labels"
+GOLDEN_DIR = Path(__file__).parents[1] / "testdata" / "labels"
 UPDATE_GOLDEN = os.environ.get("LBSYNC_UPDATE_GOLDEN") == "1"
 
 LONG_LABEL = "a" * 63

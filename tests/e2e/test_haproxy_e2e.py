@@ -1,7 +1,7 @@
 """`lbsync run` end to end through HAProxy: a real daemon, the lab HAProxy (master-worker,
 ``-S`` master socket), real backends on the lab engine, ``template: builtin:haproxy``.
 
-The nginx scenarios of :mod:`tests.test_daemon_e2e` again, reloading HAProxy by ``signal``
+The nginx scenarios of :mod:`tests.e2e.test_daemon_e2e` again, reloading HAProxy by ``signal``
 (USR2 through the Docker API, the default for builtin:haproxy) or through the master socket
 (``haproxy-master``); then ``haproxy-runtime``, where servers move between slots through the
 Runtime API and the worker never changes, until a backend outgrows its slots (one reload).

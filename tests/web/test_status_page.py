@@ -196,7 +196,7 @@ async def test_static_files_are_served_and_nothing_else(
 
 def test_page_files_ship_inside_the_package() -> None:
     """hatchling ships everything under lbsync/; the page loads nothing from the network."""
-    assert Path(__file__).resolve().parent.parent / "lbsync" / "web" == WEB_DIR
+    assert Path(__file__).resolve().parents[2] / "lbsync" / "web" == WEB_DIR
     files = {
         "status.html.j2": WEB_DIR / "status.html.j2",
         "status.js": STATIC_DIR / "status.js",

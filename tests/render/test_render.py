@@ -1,7 +1,8 @@
 """Rendering: golden files for builtin:nginx (each checked by a real `nginx -t`), user templates,
 errors that name the template and line, determinism and speed.
 
-`LBSYNC_UPDATE_GOLDEN=1 python -m pytest tests/test_render.py` rewrites tests/testdata/render/.
+`LBSYNC_UPDATE_GOLDEN=1 python -m pytest tests/render/test_render.py` rewrites
+tests/testdata/render/.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tests.support.lab import free_port
 from tests.support.model_builders import host, model, ref, srv, ups
 from tests.support.nginx import nginx_prefix_config, nginx_test, require_nginx, running
 
-GOLDEN_DIR = Path(__file__).parent / "testdata" / "render"
+GOLDEN_DIR = Path(__file__).parents[1] / "testdata" / "render"
 UPDATE_GOLDEN = os.environ.get("LBSYNC_UPDATE_GOLDEN") == "1"
 
 # --- model builders -------------------------------------------------------------------

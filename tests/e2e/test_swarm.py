@@ -1,7 +1,7 @@
 """Swarm discovery against a real one-node swarm (`discovery.swarm`).
 
 The swarm runs on a SEPARATE dockerd started by this module (its own socket, data root, exec
-root and `--config-file`, like tests/test_engine_restart.py), so the lab's dockerd, which
+root and `--config-file`, like tests/e2e/test_engine_restart.py), so the lab's dockerd, which
 other people's tests share, never enters swarm mode. It is initialised on 127.0.0.1
 (`--advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:<free port>`, a free VXLAN data-path
 port) and its `docker_gwbridge` is created first under a bridge name of its own, so it cannot
@@ -50,7 +50,7 @@ from tests.support.swarm_engine import DOCKER, SwarmEngine
 pytestmark = pytest.mark.engine
 
 ROUTE_TIMEOUT = 30.0
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 @pytest.fixture(scope="module")

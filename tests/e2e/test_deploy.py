@@ -42,7 +42,7 @@ from tests.support.lab import (
 )
 from tests.support.prerequisites import IN_CI
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 COMPOSE_TIMEOUT = 120.0
 ROUTE_TIMEOUT = 30.0
 APPS = ("app1", "app2")

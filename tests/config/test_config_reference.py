@@ -22,7 +22,7 @@ from lbsync.config.parse import parse_config
 from lbsync.config.reading import Reading
 from lbsync.config.schema import Config, Key, TemplateDefaults, field_default, key_paths, keys_of
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
 # A README default may name other keys: the proxy's is `{label: <label_prefix>.proxy=<name>}`.

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.lab import DOCKER, Lab, free_port, try_http_get, wait_for
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_LABEL = "lbsync-run"
 HOSTILE_HOST = "evil.test;} server { listen 6666; } #"
 NOWHERE = "unix:///nonexistent.sock"

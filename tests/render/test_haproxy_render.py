@@ -1,7 +1,7 @@
 """builtin:haproxy: golden files (each checked by a real `haproxy -c`), the promises of the
 template (rule order, bind forms, slots), and a live HAProxy routing real requests.
 
-`LBSYNC_UPDATE_GOLDEN=1 python -m pytest tests/test_haproxy_render.py` rewrites
+`LBSYNC_UPDATE_GOLDEN=1 python -m pytest tests/render/test_haproxy_render.py` rewrites
 tests/testdata/haproxy/. The haproxy helpers (the binary, short socket folders, a running
 haproxy, HTTP backends) are in tests/support/haproxy.py.
 """
@@ -40,7 +40,7 @@ from tests.support.haproxy import (
 from tests.support.lab import free_port
 from tests.support.model_builders import host, model, srv, ups
 
-GOLDEN_DIR = Path(__file__).parent / "testdata" / "haproxy"
+GOLDEN_DIR = Path(__file__).parents[1] / "testdata" / "haproxy"
 UPDATE_GOLDEN = os.environ.get("LBSYNC_UPDATE_GOLDEN") == "1"
 
 WEB = ups("lbsync_web_example_com_1a2b3c4d", srv("172.18.0.2", name="web-1"))

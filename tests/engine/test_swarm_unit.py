@@ -51,7 +51,7 @@ from lbsync.state.registry import Registry, is_serving
 from lbsync.state.watcher import Change, Watcher
 from tests.support.fake_engine import FakeEngine
 
-DATA = Path(__file__).parent / "testdata" / "swarm"
+DATA = Path(__file__).parents[1] / "testdata" / "swarm"
 NODE = "hhtyuv1czhubp5zmuhum9ogjv"  # the one node of the capture
 OVERLAY = "lbsw-ov"
 
