@@ -1,5 +1,5 @@
-"""What `debounce.drain` saves: the zero-downtime churn of tests/test_churn.py through nginx,
-with `drain: true` and with `drain: false`, counting the requests nginx had to retry.
+"""What `debounce.drain` saves: the zero-downtime churn of tests/e2e/test_churn.py through
+nginx, with `drain: true` and with `drain: false`, counting the requests nginx had to retry.
 
     python -m bench.bench_churn [--replacements 20] [--pool 3] [--rate 200] [--quiet 1000]
                                 [--stop-grace 1.0] [--out FILE]
