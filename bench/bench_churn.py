@@ -1,12 +1,12 @@
-"""What `debounce.drain` saves: the zero-downtime churn of tests/test_churn.py through nginx,
-with `drain: true` and with `drain: false`, counting the requests nginx had to retry.
+"""What `debounce.drain` saves: the zero-downtime churn of tests/e2e/test_churn.py through
+nginx, with `drain: true` and with `drain: false`, counting the requests nginx had to retry.
 
     python -m bench.bench_churn [--replacements 20] [--pool 3] [--rate 200] [--quiet 1000]
                                 [--stop-grace 1.0] [--out FILE]
 
-Each run is a real ``lbsync run`` (tests/harness.py) beside the lab nginx, with the lab's
-``nginx.conf`` replaced by one that logs every request with ``$upstream_addr`` and
-``$upstream_status``. While a steady GET/POST load runs (``tests.test_churn.RequestLoop``),
+Each run is a real ``lbsync run`` (tests/support/harness.py) beside the lab nginx, with the
+lab's ``nginx.conf`` replaced by one that logs every request with ``$upstream_addr`` and
+``$upstream_status``. While a steady GET/POST load runs (``tests.support.churn.RequestLoop``),
 ``--replacements`` backends are replaced one by one (start the new one with a health check,
 wait until it is healthy and routed, SIGTERM the old one: it serves ``--stop-grace`` seconds
 more, then exits).
@@ -39,9 +39,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.bench_runtime import DEFAULT_OUT, fmt_ms, interruptible, percentile, write_section
-from tests.harness import LbsyncHarness
-from tests.lab import Lab
-from tests.test_churn import ECHO_PATH, ChurnReport, run_churn
+from tests.support.churn import ECHO_PATH, ChurnReport, run_churn
+from tests.support.harness import LbsyncHarness
+from tests.support.lab import Lab
 
 LOG_DIR = "/var/log/lbsync-bench"
 NGINX_CONF = f"""\

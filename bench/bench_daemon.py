@@ -71,7 +71,7 @@ from lbsync.config.schema import Config
 from lbsync.daemon.daemon import Daemon
 from lbsync.engine.client import Event
 from lbsync.engine.container import Container
-from tests.lab import BACKEND_IMAGE, DOCKER, NGINX_CONF_DIR, NGINX_IMAGE, TEST_LABEL
+from tests.support.lab import BACKEND_IMAGE, DOCKER, NGINX_CONF_DIR, NGINX_IMAGE, TEST_LABEL
 
 RUN_LABEL = "lbsync-run"
 PROXY_LABEL = "lbsync-bench-proxy"

@@ -96,7 +96,7 @@ from bench.bench_daemon import (
     interruptible,
     uninterrupted,
 )
-from tests.lab import DOCKER
+from tests.support.lab import DOCKER
 
 REPO = Path(__file__).resolve().parent.parent
 POLL = 0.1  # seconds between looks at the output file

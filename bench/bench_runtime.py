@@ -2,7 +2,7 @@
 
     python -m bench.bench_runtime [--changes 20] [--pool 2] [--quiet 200] [--out FILE]
 
-Runs a real ``lbsync run`` (tests/harness.py) beside the lab HAProxy twice: with
+Runs a real ``lbsync run`` (tests/support/harness.py) beside the lab HAProxy twice: with
 ``reload: haproxy-runtime`` (servers move between slots through the runtime socket; no reload
 while the slots suffice) and with ``reload: haproxy-master`` (every change is a new config and
 a reload through the master socket). Each time, ``--pool`` backends serve one host while
@@ -45,8 +45,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tests.harness import RUN_LABEL, Backend, HAProxyReload, LbsyncHarness
-from tests.lab import DOCKER, Lab, http_get
+from tests.support.harness import RUN_LABEL, Backend, HAProxyReload, LbsyncHarness
+from tests.support.lab import DOCKER, Lab, http_get
 
 HOST = "bench.test"
 DEFAULT_OUT = Path("/tmp/bench-haproxy-churn.md")

@@ -4,8 +4,9 @@
     python -m bench.bench_swarm --services 20 --replicas 50 --runs 5
 
 Needs the lab (`bash lab/lab.sh up`) for its dockerd binary and backend image; starts a
-dockerd of its own and makes it a one-node swarm on 127.0.0.1 (tests/test_swarm.py's
-`SwarmEngine`), so the lab engine never enters swarm mode. Everything is removed at the end.
+dockerd of its own and makes it a one-node swarm on 127.0.0.1 (`SwarmEngine` of
+tests/support/swarm_engine.py), so the lab engine never enters swarm mode. Everything is
+removed at the end.
 
 1. List costs. `--services` services of `--replicas` tasks each, on an overlay network, with
    a placement constraint no node meets: swarm creates, allocates (an overlay IP each) and
@@ -43,8 +44,8 @@ from lbsync.render.templates import load_template, render
 from lbsync.state.registry import Registry
 from lbsync.state.subscription import subscribed_events
 from lbsync.state.swarm_state import CURRENT_TASKS
-from tests.lab import BACKEND_IMAGE, wait_for
-from tests.test_swarm import SwarmEngine
+from tests.support.lab import BACKEND_IMAGE, wait_for
+from tests.support.swarm_engine import SwarmEngine
 
 T = TypeVar("T")
 

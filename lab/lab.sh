@@ -440,7 +440,7 @@ PYTHON_BASE_IMAGE=lbsync-lab/python-base:latest
 PYTHON_BASE_SUITE=bookworm
 PYTHON_BASE_PACKAGES=(python3 python3-venv python3-pip ca-certificates)
 # Host tools: debootstrap builds the image; docker-compose (v1) runs deploy/compose*.yaml
-# in tests/test_deploy.py.
+# in tests/e2e/test_deploy.py.
 PYTHON_BASE_HOST_PACKAGES=(debootstrap docker-compose)
 PYTHON_BASE_FALLBACK_MIRROR=http://deb.debian.org/debian
 # Bump when the image must be rebuilt although nothing below changed.

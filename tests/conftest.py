@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,35 +10,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from lbsync.engine.client import DockerClient, resolve_endpoint
-from tests.fake_engine import FakeEngine
+from tests.support.fake_engine import FakeEngine
+from tests.support.haproxy import short_socket_dir
+from tests.support.prerequisites import require_engine
 
 if TYPE_CHECKING:
-    from tests.lab import Lab
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require_binary(name: str, package: str) -> str:
-    """A program from apt (nginx, haproxy): skipped without it, but a failure under CI=true."""
-    found = shutil.which(name) or (
-        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
-    )
-    if found is not None:
-        return found
-    if IN_CI:
-        pytest.fail(f"CI=true but {name} is not installed (apt-get install {package})")
-    pytest.skip(f"{name} is not installed")
-
-
-def require_engine() -> None:
-    """Under CI a missing engine is a failure, never a skip."""
-    from tests.lab import engine_available
-
-    if engine_available():
-        return
-    if IN_CI:
-        pytest.fail("CI=true but no Docker engine answers on /var/run/docker.sock (lab/lab.sh up)")
-    pytest.skip("no Docker engine answers on /var/run/docker.sock; run `bash lab/lab.sh up`")
+    from tests.support.lab import Lab
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +35,7 @@ def restore_logging() -> Iterator[None]:
 @pytest.fixture
 def lab() -> Iterator[Lab]:
     """Starts lab containers for one test and removes every one of them, pass or fail."""
-    from tests.lab import Lab
+    from tests.support.lab import Lab
 
     require_engine()
     instance = Lab()
@@ -96,3 +71,10 @@ async def fake_engine(tmp_path: Path) -> AsyncIterator[FakeEngine]:
 @pytest.fixture
 def fake_client(fake_engine: FakeEngine) -> DockerClient:
     return DockerClient(resolve_endpoint(f"unix://{fake_engine.socket_path}", {}))
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A short folder for unix sockets (pytest's tmp_path is often too long for AF_UNIX)."""
+    with short_socket_dir() as path:
+        yield path
