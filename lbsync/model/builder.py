@@ -48,7 +48,7 @@ class ModelBuilder:
     a pass with nothing changed gets the previous `RoutingModel` itself; templates can cache
     by identity (`render_each`). A change of discovery settings, target selector or proxy
     networks starts from scratch. Equal to `build_model` of the same entries, always
-    (tests/test_routing_incremental.py holds both to that).
+    (tests/model/test_routing_incremental.py holds both to that).
     """
 
     def __init__(self) -> None:

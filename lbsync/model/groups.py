@@ -105,7 +105,7 @@ def _published(container: Container, port: int, host_address: str) -> tuple[str,
 # A frozen dataclass __init__ calls object.__setattr__ per field; setting the slots through
 # their descriptors does the same at about half the cost (10,000 containers: several ms).
 # Used only while the class has exactly the expected fields, slots and no __post_init__;
-# otherwise the plain constructor runs. tests/test_routing.py checks both give equal objects.
+# otherwise the plain constructor runs. tests/model/test_routing.py checks both give equal objects.
 _new = object.__new__
 
 

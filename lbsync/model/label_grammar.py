@@ -60,7 +60,7 @@ NO_SERVICE = "no_service"  # `enable=true` but nothing declared
 HOST_NOT_ALLOWED = "host_not_allowed"  # a host outside `discovery.hosts`
 
 # Bounds (SPEC §1). Every value within them is also within what nginx_quote and
-# haproxy_quote accept (nginx's 4,094-byte token; tests/test_quoting.py holds them to it),
+# haproxy_quote accept (nginx's 4,094-byte token; tests/render/test_quoting.py holds them to it),
 # so a value that passes here can never fail a render.
 MAX_PATH_LEN = 1024
 MAX_NAME_LEN = 64  # a service name, an upstream name
