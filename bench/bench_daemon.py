@@ -841,13 +841,7 @@ class Bench:
             await finish(proc, "docker start")
         await self.idle()  # later passes, if any, count too
         scenario.wall_s = loop.time() - wall0
-        self._window(scenario, marks)
-        scenario.own_events = self.probe.count_events([b.cid for b in backends], since)
-        times = [self._latencies(scenario, b, True, since, index) for b in backends]
-        scenario.spread_ms = (max(times) - min(times)) / 1e6
-        last_write = self.probe.first_write(self._settles(backends, True), index)
-        assert last_write is not None
-        scenario.after_last_event_ms = (last_write.at_ns - max(times)) / 1e6
+        self._figures(scenario, backends, True, since, marks)
         return scenario
 
     async def burst(self, daemon: Daemon, backends: list[Backend], start: bool) -> Scenario:
@@ -873,14 +867,20 @@ class Bench:
         await finish(proc, f"xargs docker {verb}")
         await self.idle()  # later passes of the burst, if any, count too
         scenario.wall_s = time.monotonic() - wall0
+        self._figures(scenario, backends, start, since, marks)
+        return scenario
+
+    def _figures(
+        self, scenario: Scenario, backends: list[Backend], start: bool, since: int, marks: Marks
+    ) -> None:
+        """A scenario of several containers at once: its window, then each one's latency."""
         self._window(scenario, marks)
         scenario.own_events = self.probe.count_events([b.cid for b in backends], since)
-        times = [self._latencies(scenario, b, start, since, index) for b in backends]
+        times = [self._latencies(scenario, b, start, since, marks[0]) for b in backends]
         scenario.spread_ms = (max(times) - min(times)) / 1e6
-        last_write = self.probe.first_write(self._settles(backends, start), index)
+        last_write = self.probe.first_write(self._settles(backends, start), marks[0])
         assert last_write is not None
         scenario.after_last_event_ms = (last_write.at_ns - max(times)) / 1e6
-        return scenario
 
     async def check_routing(self, backend: Backend, daemon: Daemon) -> str:
         """--nginx: one request through the reloaded nginx to a host of the burst."""
