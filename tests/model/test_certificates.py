@@ -359,3 +359,18 @@ def test_validity_period_edges(offset: timedelta, chosen: bool) -> None:
     )
     result = choose_certificate("app.example.com", None, {info.name: info}, NOW + offset)
     assert (result is info) is chosen
+
+
+def test_choosing_does_not_import_cryptography() -> None:
+    # Only the folder reader needs it; lbsync without `tls` must not load it (issue #20).
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, lbsync.model.certificates, lbsync.cli.main, lbsync.daemon.daemon; "
+        "print('cryptography' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "False"
