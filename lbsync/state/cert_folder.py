@@ -61,7 +61,16 @@ def read_cert_folder(path: Path, now: datetime) -> tuple[dict[str, CertificateIn
         except _Unusable as why:
             warnings.append(f"{cert_path}: certificate skipped: {why}")
             continue
-        catalogue[name] = info
+        # Hosts are lowercased before they are looked up, so names are too; of two files
+        # whose names differ only in case, the first (sorted) is kept.
+        key = name.lower()
+        if key in catalogue:
+            warnings.append(
+                f"{cert_path}: certificate skipped: {catalogue[key].name}.crt has the same "
+                "name (names are not case-sensitive)"
+            )
+            continue
+        catalogue[key] = info
     return catalogue, warnings
 
 

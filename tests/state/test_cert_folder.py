@@ -347,3 +347,16 @@ def test_rsa_key_matches_too(tmp_path: Path, ca: Issued) -> None:
     catalogue, warnings = read_cert_folder(tmp_path, NOW)
     assert warnings == []
     assert catalogue["rsa.example.com"].san_names == ("rsa.example.com",)
+
+
+def test_names_are_found_whatever_their_case(tmp_path: Path, ca: Issued) -> None:
+    write_pair(tmp_path, "App.Example.com", issue(ca, "app.example.com"))
+    write_pair(tmp_path, "app.example.com", issue(ca, "app.example.com"))
+    catalogue, warnings = read_cert_folder(tmp_path, NOW)
+    assert list(catalogue) == ["app.example.com"]
+    assert catalogue["app.example.com"].name == "App.Example.com"  # sorted: upper case first
+    assert len(warnings) == 1
+    assert (
+        "app.example.com.crt: certificate skipped: App.Example.com.crt has the same name"
+        in (warnings[0])
+    )
