@@ -483,6 +483,7 @@ async def test_a_reader_that_keeps_failing_backs_off_and_never_stops(
     engine: ScriptedEngine,
     start_watcher: Callable[..., Running],
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     engine.containers["a" * 64] = inspect_json("a" * 64, "web")
     engine.scripts = [[event_line("start", "a" * 64), HANG] for _ in range(50)]
@@ -490,9 +491,10 @@ async def test_a_reader_that_keeps_failing_backs_off_and_never_stops(
     # The top of each jittered window: waits of 0.1, 0.2, 0.4, 0.8 s, then 1 s.
     monkeypatch.setattr(random, "uniform", lambda low, high: high)
     running = start_watcher(retry_max_wait=1.0)
-    await asyncio.sleep(1.2)
-    # Without a backoff it would have reconnected (and listed) hundreds of times by now.
-    assert 3 <= running.watcher.reader_failures <= 5
+    await until(lambda: running.watcher.reader_failures >= 4)
+    # Each failure waited its backoff before the next session: without one it would spin.
+    waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("subscribing and")]
+    assert waits[:4] == [f"subscribing and listing again in {w}s" for w in (0.1, 0.2, 0.4, 0.8)]
     # Each failure was followed by a reconnect and a re-list (the last one may be waiting).
     assert engine.connections == engine.listings
     assert engine.connections - running.watcher.reader_failures in (0, 1)
