@@ -69,8 +69,8 @@ from lbsync.cli.commands import client_for
 from lbsync.config.parse import parse_config
 from lbsync.config.schema import Config
 from lbsync.daemon.daemon import Daemon
-from lbsync.engine.client import Event
 from lbsync.engine.container import Container
+from lbsync.engine.events import Event
 from tests.support.lab import BACKEND_IMAGE, DOCKER, NGINX_CONF_DIR, NGINX_IMAGE, TEST_LABEL
 
 RUN_LABEL = "lbsync-run"

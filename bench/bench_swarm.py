@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lbsync.config.schema import DiscoveryConfig, TargetConfig
-from lbsync.engine.client import DockerClient, Event, resolve_endpoint
+from lbsync.engine.client import DockerClient
+from lbsync.engine.endpoint import resolve_endpoint
+from lbsync.engine.events import Event
 from lbsync.engine.swarm import node_addresses, service_containers, tasks_by_service
 from lbsync.model.builder import build_model
 from lbsync.model.entries import ParsedEntries

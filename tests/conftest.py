@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from lbsync.engine.client import DockerClient, resolve_endpoint
+from lbsync.engine.client import DockerClient
+from lbsync.engine.endpoint import resolve_endpoint
 from tests.support.fake_engine import FakeEngine
 from tests.support.haproxy import short_socket_dir
 from tests.support.prerequisites import require_engine

@@ -25,8 +25,9 @@ from lbsync.apply.haproxy.master import master_reload
 from lbsync.apply.haproxy.socket import HAProxySocketError
 from lbsync.apply.selection import signals_container
 from lbsync.config.schema import TargetConfig
-from lbsync.engine.client import DockerClient, DockerError
+from lbsync.engine.client import DockerClient
 from lbsync.engine.container import Container
+from lbsync.engine.errors import DockerError
 
 CHECK_TIMEOUT = 60.0
 RELOAD_CONFIRM_TIMEOUT = 5.0

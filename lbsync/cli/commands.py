@@ -17,7 +17,10 @@ from lbsync.config.schema import Config, DiscoveryConfig
 from lbsync.daemon.daemon import Daemon
 from lbsync.daemon.logs import setup_logging
 from lbsync.daemon.memory import fix_mmap_threshold, freeze_startup_objects
-from lbsync.engine.client import DockerClient, Event, NotFound, resolve_endpoint
+from lbsync.engine.client import DockerClient
+from lbsync.engine.endpoint import resolve_endpoint
+from lbsync.engine.errors import NotFound
+from lbsync.engine.events import Event
 from lbsync.engine.inspect import container_from_inspect
 from lbsync.model.builder import build_model
 from lbsync.model.entries import ParsedEntries

@@ -17,7 +17,7 @@ from typing import NoReturn
 from lbsync import __version__
 from lbsync.config.errors import ConfigError
 from lbsync.config.load import load_config
-from lbsync.engine.client import DockerError
+from lbsync.engine.errors import DockerError
 
 EXIT_ENGINE = 1
 EXIT_CONFIG = 2

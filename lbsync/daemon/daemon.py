@@ -36,13 +36,16 @@ from lbsync.daemon.metrics import Metrics
 from lbsync.daemon.passes import PassExecutor
 from lbsync.daemon.reports import PassReports, RecentChange
 from lbsync.daemon.target import TargetState
-from lbsync.engine.client import ApiVersionTooOld, DockerClient, Event, PermissionDenied
+from lbsync.engine.client import DockerClient
 from lbsync.engine.container import Container
+from lbsync.engine.errors import ApiVersionTooOld, PermissionDenied
+from lbsync.engine.events import Event
 from lbsync.model.entries import ParsedEntries
 from lbsync.model.labels import parse_services
 from lbsync.render.templates import TemplateError, load_template
+from lbsync.state.change import Change
 from lbsync.state.registry import Registry
-from lbsync.state.watcher import Change, Watcher
+from lbsync.state.watcher import Watcher
 
 log = logging.getLogger("lbsync")
 

@@ -3,10 +3,9 @@
 Every HTTP status and connection failure becomes a typed `DockerError` whose message tells
 a person what to do; the events stream never ends silently unless `until` was asked for.
 
-The client's interface is importable from here: the errors it raises (`lbsync.engine.errors`),
-the events it yields (`lbsync.engine.events`), what an exec returns (`lbsync.engine.exec`)
-and where it connects (`lbsync.engine.endpoint`). How a stream is cut into lines and
-frames is in those modules.
+The errors it raises are in `lbsync.engine.errors`, the events it yields (and how the stream
+is cut into lines) in `lbsync.engine.events`, what an exec returns in `lbsync.engine.exec`,
+and where it connects in `lbsync.engine.endpoint`.
 """
 
 from __future__ import annotations
@@ -26,15 +25,11 @@ import aiohttp
 
 from lbsync.engine.endpoint import Endpoint, resolve_endpoint
 from lbsync.engine.errors import (
-    ApiError,
     ApiVersionTooOld,
-    BadRequest,
     Conflict,
     DockerError,
     EngineUnreachable,
-    NotFound,
     PermissionDenied,
-    ServerError,
     StreamError,
     api_error,
 )
@@ -45,24 +40,10 @@ from lbsync.engine.inspect import ListedContainer, listed_container
 __all__ = [
     "MAX_API_VERSION",
     "MIN_API_VERSION",
-    "ApiError",
-    "ApiVersionTooOld",
-    "BadRequest",
-    "Conflict",
     "DockerClient",
-    "DockerError",
-    "Endpoint",
-    "EngineUnreachable",
-    "Event",
-    "ExecResult",
-    "NotFound",
-    "PermissionDenied",
     "PingInfo",
-    "ServerError",
-    "StreamError",
     "format_version",
     "parse_version",
-    "resolve_endpoint",
 ]
 
 #: The newest API version this client was written against; the engine may speak newer.

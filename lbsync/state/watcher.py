@@ -48,7 +48,7 @@ from lbsync.state.subscription import (
 from lbsync.state.swarm_state import SwarmState
 
 # `Change` is what `on_change` hears: part of the watcher's interface.
-__all__ = ["Change", "Watcher"]
+__all__ = ["Watcher"]
 
 log = logging.getLogger("lbsync.watcher")
 

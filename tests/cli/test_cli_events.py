@@ -16,7 +16,7 @@ import pytest
 
 from lbsync.cli.commands import format_event
 from lbsync.config.schema import DiscoveryConfig
-from lbsync.engine.client import Event
+from lbsync.engine.events import Event
 from tests.support.lab import Lab, free_port, try_http_get, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,8 @@ from lbsync.config.load import load_config
 from lbsync.daemon import daemon as daemon_module
 from lbsync.daemon.daemon import Daemon
 from lbsync.daemon.filewatch import Inotify, open_change_signal
-from lbsync.engine.client import DockerClient, resolve_endpoint
+from lbsync.engine.client import DockerClient
+from lbsync.engine.endpoint import resolve_endpoint
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify: Linux")
 

@@ -11,24 +11,20 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from lbsync.engine.client import (
-    MAX_API_VERSION,
+from lbsync.engine.client import MAX_API_VERSION, DockerClient, format_version
+from lbsync.engine.endpoint import resolve_endpoint
+from lbsync.engine.errors import (
     ApiVersionTooOld,
     Conflict,
-    DockerClient,
     DockerError,
     EngineUnreachable,
-    Event,
-    ExecResult,
     NotFound,
     PermissionDenied,
     ServerError,
     StreamError,
-    format_version,
-    resolve_endpoint,
 )
-from lbsync.engine.events import LineSplitter, OversizedLine, oversized_event
-from lbsync.engine.exec import FrameReader, demultiplex
+from lbsync.engine.events import Event, LineSplitter, OversizedLine, oversized_event
+from lbsync.engine.exec import ExecResult, FrameReader, demultiplex
 from tests.support.fake_engine import FakeEngine, event_line
 
 # --- version negotiation ---------------------------------------------------------------

@@ -18,17 +18,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from lbsync.engine.client import (
-    MAX_API_VERSION,
-    Conflict,
-    DockerClient,
-    Event,
-    ExecResult,
-    NotFound,
-    parse_version,
-)
-from lbsync.engine.events import MAX_EVENT_LINE
-from lbsync.engine.exec import EXEC_OUTPUT_LIMIT
+from lbsync.engine.client import MAX_API_VERSION, DockerClient, parse_version
+from lbsync.engine.errors import Conflict, NotFound
+from lbsync.engine.events import MAX_EVENT_LINE, Event
+from lbsync.engine.exec import EXEC_OUTPUT_LIMIT, ExecResult
 from lbsync.engine.inspect import container_from_inspect, listing_agrees
 from lbsync.state.event_plan import WATCHED_EVENTS
 from tests.support.lab import (

@@ -38,18 +38,10 @@ import pytest
 from aiohttp import web
 
 from lbsync.apply.proxy import pids_from_top
-from lbsync.engine.client import (
-    MAX_API_VERSION,
-    MIN_API_VERSION,
-    ApiError,
-    BadRequest,
-    Conflict,
-    DockerClient,
-    Event,
-    NotFound,
-    ServerError,
-    resolve_endpoint,
-)
+from lbsync.engine.client import MAX_API_VERSION, MIN_API_VERSION, DockerClient
+from lbsync.engine.endpoint import resolve_endpoint
+from lbsync.engine.errors import ApiError, BadRequest, Conflict, NotFound, ServerError
+from lbsync.engine.events import Event
 from lbsync.engine.inspect import container_from_inspect
 from lbsync.state.event_plan import CONTAINER_ACTIONS, WATCHED_EVENTS, is_terminating_kill
 from lbsync.state.subscription import StreamEnd, subscribed_events

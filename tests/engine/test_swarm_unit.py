@@ -46,9 +46,10 @@ from lbsync.engine.swarm import (
 )
 from lbsync.model.builder import build_model
 from lbsync.model.entries import parse_entry
+from lbsync.state.change import Change
 from lbsync.state.event_plan import WATCHED_EVENTS
 from lbsync.state.registry import Registry, is_serving
-from lbsync.state.watcher import Change, Watcher
+from lbsync.state.watcher import Watcher
 from tests.support.fake_engine import FakeEngine
 
 DATA = Path(__file__).parents[1] / "testdata" / "swarm"

@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lbsync.config.schema import DiscoveryConfig, TargetConfig
-from lbsync.engine.client import Event, NotFound
 from lbsync.engine.container import Container, NetworkAttachment
+from lbsync.engine.errors import NotFound
+from lbsync.engine.events import Event
 from lbsync.model.builder import build_model
 from lbsync.model.entries import parse_entry
 from lbsync.model.types import Service

@@ -6,7 +6,7 @@ from types import MappingProxyType
 
 import pytest
 
-from lbsync.engine.client import Event
+from lbsync.engine.events import Event
 from lbsync.state.event_plan import container_of, is_terminating_kill, signal_name
 from lbsync.state.registry import CHANGE_LOG_SLACK, STOPPING, Registry, is_serving
 from tests.support.containers import make

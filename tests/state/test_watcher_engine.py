@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 
-from lbsync.engine.client import DockerClient, Event
+from lbsync.engine.client import DockerClient
 from lbsync.engine.container import Container
+from lbsync.engine.events import Event
 from lbsync.engine.inspect import container_from_inspect
+from lbsync.state.change import Change
 from lbsync.state.registry import Registry
-from lbsync.state.watcher import Change, Watcher
+from lbsync.state.watcher import Watcher
 from tests.support.lab import BACKEND_IMAGE, TEST_LABEL, Lab, bulky_labels, docker, free_port
 
 pytestmark = pytest.mark.engine

@@ -18,12 +18,15 @@ from typing import Any, cast
 
 import pytest
 
-from lbsync.engine.client import DockerClient, Event, NotFound
+from lbsync.engine.client import DockerClient
 from lbsync.engine.container import Container, NetworkAttachment, PublishedPort
+from lbsync.engine.errors import NotFound
+from lbsync.engine.events import Event
 from lbsync.engine.inspect import container_from_inspect
 from lbsync.state import containers as containers_module
+from lbsync.state.change import Change
 from lbsync.state.registry import Registry, exited
-from lbsync.state.watcher import Change, Watcher
+from lbsync.state.watcher import Watcher
 from tests.support.events import CID, STARTED, connect, disconnect, event, kill
 
 NEVER = "0001-01-01T00:00:00Z"  # StartedAt of a container that never ran

@@ -23,10 +23,11 @@ from aiohttp import web
 from lbsync.config.load import load_config
 from lbsync.daemon.daemon import Daemon
 from lbsync.daemon.snapshot import web_app
-from lbsync.engine.client import DockerClient, Event
-from lbsync.engine.events import MAX_EVENT_LINE
+from lbsync.engine.client import DockerClient
+from lbsync.engine.events import MAX_EVENT_LINE, Event
+from lbsync.state.change import Change
 from lbsync.state.registry import Registry
-from lbsync.state.watcher import Change, Watcher
+from lbsync.state.watcher import Watcher
 from tests.support.fake_engine import FakeEngine, event_line
 
 CUT = b"<cut>"  # close the connection abruptly

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
-from lbsync.engine.client import Event
+from lbsync.engine.events import Event
 from lbsync.engine.inspect import parse_created
 
 CID = "c" * 64

@@ -9,7 +9,8 @@ from pathlib import Path
 from lbsync.apply.proxy import reload
 from lbsync.config.schema import TargetConfig
 from lbsync.config.selectors import ProxyConfig
-from lbsync.engine.client import DockerClient, resolve_endpoint
+from lbsync.engine.client import DockerClient
+from lbsync.engine.endpoint import resolve_endpoint
 
 
 def pid_target(pid_file: Path, signal_name: str = "HUP") -> TargetConfig:

@@ -27,7 +27,8 @@ from lbsync.apply.proxy import LeftOut, LeftOutReason
 from lbsync.config.load import load_config
 from lbsync.daemon.daemon import Daemon
 from lbsync.daemon.snapshot import web_app
-from lbsync.engine.client import DockerClient, resolve_endpoint
+from lbsync.engine.client import DockerClient
+from lbsync.engine.endpoint import resolve_endpoint
 from lbsync.model.types import ContainerRef, Host, Route, RoutingModel, Server, Skip, Upstream
 from lbsync.web.server import make_app
 from lbsync.web.snapshot import (
